@@ -1,0 +1,192 @@
+//! One typed configuration, from flags, environment variables and an optional TOML file, in
+//! that order of precedence, with defaults that need no setup at all. It also picks the
+//! profile: embedded unless a service is configured.
+//!
+//! Secrets (the master key) are read from the environment or a file, never from a flag, so they
+//! never appear in a process listing; `Debug` output never shows them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Storage flags shared by every command that opens the server's data.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Where the embedded profile keeps its data (and where a generated master key lives).
+    #[arg(long, env = "INTELLIHEALTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A file holding the master key (64 hex digits or base64). Default: DATA_DIR/master.key.
+    #[arg(long, env = "INTELLIHEALTH_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// An optional TOML file with any of the settings below (flags and env win over it).
+    #[arg(long, env = "INTELLIHEALTH_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `intellihealth serve`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port, printed at start).
+    #[arg(long, env = "INTELLIHEALTH_LISTEN")]
+    pub listen: Option<String>,
+    /// The public FHIR base URL, when the server sits behind a proxy. Default: from the Host
+    /// header of each request, `http://HOST/fhir`.
+    #[arg(long, env = "INTELLIHEALTH_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Largest request body accepted, in bytes (larger gets 413).
+    #[arg(long, env = "INTELLIHEALTH_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Longest wait for one call to a backend, in milliseconds (then 503).
+    #[arg(long, env = "INTELLIHEALTH_BACKEND_TIMEOUT_MS")]
+    pub backend_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// The optional TOML file: the same settings, named as the flags are.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<String>,
+    base_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    backend_timeout_ms: Option<u64>,
+    data_dir: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+}
+
+/// Where the master key comes from.
+#[derive(Clone)]
+pub enum MasterKeySource {
+    /// `INTELLIHEALTH_MASTER_KEY` (the value itself; never printed).
+    Environment(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterKeySource::Environment(_) => f.write_str("Environment(..)"),
+            MasterKeySource::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub base_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub backend_timeout: Duration,
+    pub data_dir: PathBuf,
+    pub master_key: MasterKeySource,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
+
+impl Config {
+    /// Resolves flags/env (`args`), the optional file and the defaults into one config.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, String> {
+        let file = match &args.storage.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .storage
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let master_key = match std::env::var("INTELLIHEALTH_MASTER_KEY") {
+            Ok(value) if !value.is_empty() => MasterKeySource::Environment(value),
+            _ => MasterKeySource::File(
+                args.storage
+                    .master_key_file
+                    .clone()
+                    .or(file.master_key_file)
+                    .unwrap_or_else(|| data_dir.join("master.key")),
+            ),
+        };
+        let base_url = args
+            .base_url
+            .clone()
+            .or(file.base_url)
+            .map(|u| u.trim_end_matches('/').to_owned());
+        Ok(Config {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            base_url,
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            backend_timeout: Duration::from_millis(
+                args.backend_timeout_ms
+                    .or(file.backend_timeout_ms)
+                    .unwrap_or(DEFAULT_BACKEND_TIMEOUT_MS),
+            ),
+            data_dir,
+            master_key,
+        })
+    }
+
+    /// The config of commands that only open storage (no listener).
+    pub fn for_storage(storage: &StorageArgs) -> Result<Config, String> {
+        Config::resolve(&ServeArgs {
+            storage: storage.clone(),
+            ..ServeArgs::default()
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9\"\nmax-body-bytes = 5\ndata-dir = \"/x\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:1".into()),
+            storage: StorageArgs {
+                config: Some(file),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1");
+        assert_eq!(config.max_body_bytes, 5);
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+        assert_eq!(
+            config.backend_timeout,
+            Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_settings_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"typo\"\n").unwrap();
+        assert!(read_file(&file).unwrap_err().contains("unknown field"));
+    }
+}

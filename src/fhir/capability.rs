@@ -1,0 +1,115 @@
+//! The CapabilityStatement, generated from what the server really does: every storable type
+//! with the interactions the router serves, the formats content negotiation accepts, and the
+//! versioning and conditional behaviour the repository implements.
+//!
+//! Must not claim anything the code does not do: when a route or behaviour is added, it is
+//! added here in the same change (the conformance runner checks the statement against the
+//! server's answers).
+
+use super::json::{Json, object};
+use super::resource::ResourceType;
+
+/// The instance and type interactions served for every resource type.
+pub const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+];
+
+/// What is fixed about this build; the rest comes from the running server.
+pub struct ServerFacts<'a> {
+    pub base_url: &'a str,
+    pub software_version: &'a str,
+    /// When the server started: the statement's `date`.
+    pub started_at: &'a str,
+}
+
+pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
+    let resources: Vec<Json> = ResourceType::all().map(resource_entry).collect();
+    object([
+        ("resourceType", Json::str("CapabilityStatement")),
+        ("status", Json::str("active")),
+        ("date", Json::str(facts.started_at)),
+        ("publisher", Json::str("IntelliHealth")),
+        ("kind", Json::str("instance")),
+        (
+            "software",
+            object([
+                ("name", Json::str("IntelliHealth")),
+                ("version", Json::str(facts.software_version)),
+            ]),
+        ),
+        (
+            "implementation",
+            object([
+                (
+                    "description",
+                    Json::str("IntelliHealth FHIR R4 server: sealed content-addressed storage"),
+                ),
+                ("url", Json::str(facts.base_url)),
+            ]),
+        ),
+        ("fhirVersion", Json::str("4.0.1")),
+        (
+            "format",
+            Json::Array(vec![Json::str("application/fhir+json"), Json::str("json")]),
+        ),
+        (
+            "rest",
+            Json::Array(vec![object([
+                ("mode", Json::str("server")),
+                ("resource", Json::Array(resources)),
+                (
+                    "interaction",
+                    Json::Array(vec![object([("code", Json::str("history-system"))])]),
+                ),
+            ])]),
+        ),
+    ])
+}
+
+fn resource_entry(resource_type: ResourceType) -> Json {
+    let interactions = TYPE_INTERACTIONS
+        .iter()
+        .map(|code| object([("code", Json::str(*code))]))
+        .collect();
+    object([
+        ("type", Json::str(resource_type.as_str())),
+        (
+            "profile",
+            Json::str(format!(
+                "http://hl7.org/fhir/StructureDefinition/{resource_type}"
+            )),
+        ),
+        ("interaction", Json::Array(interactions)),
+        ("versioning", Json::str("versioned-update")),
+        ("readHistory", Json::Bool(true)),
+        ("updateCreate", Json::Bool(true)),
+        ("conditionalCreate", Json::Bool(false)),
+        ("conditionalRead", Json::str("full-support")),
+        ("conditionalUpdate", Json::Bool(false)),
+        ("conditionalDelete", Json::str("not-supported")),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::validate::{Handling, validate};
+
+    #[test]
+    fn is_a_valid_r4_capability_statement_covering_every_type() {
+        let statement = capability_statement(&ServerFacts {
+            base_url: "http://localhost/fhir",
+            software_version: "0.1.0",
+            started_at: "2024-01-01T00:00:00Z",
+        });
+        validate(&statement, Handling::Strict).expect("valid CapabilityStatement");
+        let rest = &statement.get("rest").unwrap().as_array().unwrap()[0];
+        assert_eq!(rest.get("resource").unwrap().as_array().unwrap().len(), 145);
+    }
+}

@@ -1,0 +1,120 @@
+//! Reading a request body: only FHIR JSON, only up to the configured size.
+//!
+//! The size is checked twice: against `Content-Length` before reading anything, and while
+//! reading (a chunked body has no length). A stream that breaks off is the client's problem
+//! (400), never a 500.
+
+use axum::body::Body;
+use axum::extract::{FromRef, FromRequest, Request};
+use axum::http::header;
+use http_body_util::BodyExt;
+
+use super::HttpState;
+use super::outcome::ApiError;
+
+/// A request body that is FHIR JSON by its Content-Type and within the size limit.
+pub struct FhirBody(pub Vec<u8>);
+
+impl<S> FromRequest<S> for FhirBody
+where
+    S: Send + Sync,
+    HttpState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = HttpState::from_ref(state).settings.max_body_bytes;
+        check_content_type(request.headers().get(header::CONTENT_TYPE))?;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        read_limited(request.into_body(), limit).await.map(FhirBody)
+    }
+}
+
+fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiError> {
+    let Some(value) = value else {
+        return Err(ApiError::UnsupportedMediaType(
+            "a body must be sent with Content-Type: application/fhir+json".into(),
+        ));
+    };
+    let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    let mut parts = text.split(';').map(str::trim);
+    let media = parts.next().unwrap_or_default();
+    if !matches!(
+        media,
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {} is not accepted: this server reads FHIR R4 JSON only \
+             (application/fhir+json)",
+            media.chars().take(100).collect::<String>()
+        )));
+    }
+    for parameter in parts {
+        if let Some(charset) = parameter.strip_prefix("charset=")
+            && !charset.trim_matches('"').eq_ignore_ascii_case("utf-8")
+        {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "charset {charset} is not accepted: FHIR JSON is UTF-8"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::BadRequest("the request body ended before it was complete".into())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn accepts_only_fhir_json_in_utf8() {
+        let ok = [
+            "application/fhir+json",
+            "application/json; charset=UTF-8",
+            "application/fhir+json;fhirVersion=4.0",
+        ];
+        for value in ok {
+            assert!(
+                check_content_type(Some(&HeaderValue::from_static(value))).is_ok(),
+                "{value}"
+            );
+        }
+        let refused = [
+            "application/fhir+xml",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+        ];
+        for value in refused {
+            assert!(
+                check_content_type(Some(&HeaderValue::from_static(value))).is_err(),
+                "{value}"
+            );
+        }
+        assert!(check_content_type(None).is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! The instance interactions: create, read, vread, update, delete, with FHIR's versioning
+//! headers (`ETag`, `Last-Modified`, `Location`), conditional reads (`If-None-Match`,
+//! `If-Modified-Since` → 304), version-aware updates (`If-Match` → 412) and `Prefer: return`.
+
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::body::FhirBody;
+use super::negotiate::{BaseUrl, Negotiated, Prefer, Return, parse_version_tag};
+use super::outcome::{ApiError, outcome_resource};
+use super::{FhirPath, HttpState};
+use crate::fhir::Issue;
+use crate::fhir::resource::ResourceType;
+use crate::index::VersionRecord;
+use crate::repository::{Precondition, ResourceVersion, Written};
+
+pub async fn create(
+    State(state): State<HttpState>,
+    FhirPath(resource_type): FhirPath<String>,
+    negotiated: Negotiated,
+    prefer: Prefer,
+    base: BaseUrl,
+    FhirBody(body): FhirBody,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let written = state
+        .repo
+        .create(resource_type, &body, prefer.handling)
+        .await?;
+    Ok(written_response(written, negotiated, prefer, &base))
+}
+
+pub async fn update(
+    State(state): State<HttpState>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    headers: HeaderMap,
+    negotiated: Negotiated,
+    prefer: Prefer,
+    base: BaseUrl,
+    FhirBody(body): FhirBody,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let precondition = if_match(&headers)?;
+    let written = state
+        .repo
+        .update(resource_type, &id, &body, precondition, prefer.handling)
+        .await?;
+    Ok(written_response(written, negotiated, prefer, &base))
+}
+
+pub async fn read(
+    State(state): State<HttpState>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    headers: HeaderMap,
+    negotiated: Negotiated,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let version = state.repo.read(resource_type, &id).await?;
+    if not_modified(&headers, &version.record) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        version_headers(response.headers_mut(), &version.record);
+        return Ok(response);
+    }
+    Ok(resource_response(StatusCode::OK, version, negotiated))
+}
+
+pub async fn vread(
+    State(state): State<HttpState>,
+    FhirPath((resource_type, id, version_id)): FhirPath<(String, String, String)>,
+    negotiated: Negotiated,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let Ok(version_id) = version_id.parse::<u64>() else {
+        return Err(ApiError::NotFound(format!(
+            "{resource_type}/{}/_history/{}: version ids on this server are numbers",
+            preview(&id),
+            preview(&version_id)
+        )));
+    };
+    let version = state.repo.vread(resource_type, &id, version_id).await?;
+    Ok(resource_response(StatusCode::OK, version, negotiated))
+}
+
+pub async fn delete(
+    State(state): State<HttpState>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let deleted = state
+        .repo
+        .delete(resource_type, &id, if_match(&headers)?)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(record) = deleted {
+        version_headers(response.headers_mut(), &record);
+    }
+    Ok(response)
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// `If-Match: W/"n"` → the version the client expects to replace.
+fn if_match(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(Precondition::None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(parse_version_tag)
+            .map(Precondition::Version)
+            .ok_or_else(|| {
+                ApiError::BadRequest("If-Match must be a version tag such as W/\"3\"".into())
+            }),
+    }
+}
+
+/// Whether a conditional read can be answered with 304.
+fn not_modified(headers: &HeaderMap, record: &VersionRecord) -> bool {
+    if let Some(value) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        // If-None-Match takes precedence over If-Modified-Since (RFC 9110 §13.2.2).
+        return value
+            .split(',')
+            .any(|tag| tag.trim() == "*" || parse_version_tag(tag) == Some(record.version));
+    }
+    if let Some(since) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        // HTTP dates have whole seconds: compare at that precision.
+        return last_modified(record)
+            .duration_since(since)
+            .map_or(true, |newer_by| newer_by < Duration::from_secs(1));
+    }
+    false
+}
+
+fn last_modified(record: &VersionRecord) -> SystemTime {
+    let millis = u64::try_from(record.last_updated).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// `ETag` and `Last-Modified` of a version.
+pub fn version_headers(headers: &mut HeaderMap, record: &VersionRecord) {
+    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", record.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    let date = httpdate::fmt_http_date(last_modified(record));
+    if let Ok(date) = HeaderValue::from_str(&date) {
+        headers.insert(header::LAST_MODIFIED, date);
+    }
+}
+
+fn resource_response(
+    status: StatusCode,
+    version: ResourceVersion,
+    negotiated: Negotiated,
+) -> Response {
+    let body = negotiated.render_stored(version.content.unwrap_or_default());
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(negotiated.content_type),
+    );
+    version_headers(headers, &version.record);
+    response
+}
+
+fn written_response(
+    written: Written,
+    negotiated: Negotiated,
+    prefer: Prefer,
+    base: &BaseUrl,
+) -> Response {
+    let record = &written.version.record;
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!(
+        "{}/{}/{}/_history/{}",
+        base.0, record.resource_type, record.id, record.version
+    );
+    let location = HeaderValue::from_str(&location).ok();
+    let mut response = match prefer.return_ {
+        Return::Representation => resource_response(status, written.version, negotiated),
+        Return::Minimal => {
+            let mut response = status.into_response();
+            version_headers(response.headers_mut(), record);
+            response
+        }
+        Return::OperationOutcome => {
+            let mut issues = vec![Issue::information(format!(
+                "{} {}/{} as version {}",
+                if written.created {
+                    "created"
+                } else {
+                    "updated"
+                },
+                record.resource_type,
+                record.id,
+                record.version
+            ))];
+            issues.extend(written.warnings);
+            let body = negotiated.render(&outcome_resource(&issues));
+            let mut response = (status, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(negotiated.content_type),
+            );
+            version_headers(headers, record);
+            response
+        }
+    };
+    if let Some(location) = location {
+        response
+            .headers_mut()
+            .insert(header::LOCATION, location.clone());
+        if written.created {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LOCATION, location);
+        }
+    }
+    response
+}

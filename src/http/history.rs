@@ -1,0 +1,309 @@
+//! History at three levels (instance, type, system) as `history` Bundles: newest first,
+//! `_count` per page, `_since`, `_at`, and `next` links that carry an opaque cursor (the last
+//! entry of the page), so paging stays stable while new versions arrive.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::negotiate::{BaseUrl, Negotiated, query_pairs};
+use super::outcome::ApiError;
+use super::{FhirPath, HttpState};
+use crate::fhir::instant::{format_instant, now_millis, period};
+use crate::fhir::json::{self, Json, object};
+use crate::fhir::resource::ResourceType;
+use crate::index::{HistoryCursor, HistoryQuery, HistoryScope, Method};
+use crate::repository::ResourceVersion;
+
+const DEFAULT_COUNT: usize = 50;
+const MAX_COUNT: usize = 1000;
+const CURSOR_PARAM: &str = "_cursor";
+
+pub async fn system(
+    State(state): State<HttpState>,
+    RawQuery(query): RawQuery,
+    negotiated: Negotiated,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    respond(
+        &state,
+        HistoryScope::System,
+        "_history",
+        query,
+        negotiated,
+        &base,
+    )
+    .await
+}
+
+pub async fn type_level(
+    State(state): State<HttpState>,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    negotiated: Negotiated,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    let path = format!("{resource_type}/_history");
+    let scope = HistoryScope::Type(resource_type.as_str().to_owned());
+    respond(&state, scope, &path, query, negotiated, &base).await
+}
+
+pub async fn instance(
+    State(state): State<HttpState>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    negotiated: Negotiated,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    let resource_type = ResourceType::parse(&resource_type)?;
+    if !state.repo.exists(resource_type, &id).await? {
+        return Err(crate::repository::RepoError::not_found(resource_type, &id, None).into());
+    }
+    let path = format!("{resource_type}/{id}/_history");
+    let scope = HistoryScope::Instance {
+        resource_type: resource_type.as_str().to_owned(),
+        id,
+    };
+    respond(&state, scope, &path, query, negotiated, &base).await
+}
+
+async fn respond(
+    state: &HttpState,
+    scope: HistoryScope,
+    path: &str,
+    query: Option<String>,
+    negotiated: Negotiated,
+    base: &BaseUrl,
+) -> Result<Response, ApiError> {
+    let params = HistoryParams::parse(query.as_deref())?;
+    let history_query = HistoryQuery {
+        scope,
+        since: params.since,
+        at: params.at,
+        after: params.cursor.clone(),
+        // One more than a page tells whether there is a next page.
+        limit: params.count + 1,
+    };
+    let mut page = state.repo.history(&history_query).await?;
+    let next_cursor = if page.len() > params.count {
+        page.truncate(params.count);
+        page.last().map(|v| HistoryCursor::after(&v.record))
+    } else {
+        None
+    };
+    let bundle = bundle(&page, base, path, &params, next_cursor.as_ref());
+    let mut response = (StatusCode::OK, negotiated.render(&bundle)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(negotiated.content_type),
+    );
+    Ok(response)
+}
+
+/// The history parameters, as given (kept to build the links).
+struct HistoryParams {
+    count: usize,
+    since: Option<i64>,
+    since_text: Option<String>,
+    at: Option<(i64, i64)>,
+    at_text: Option<String>,
+    cursor: Option<HistoryCursor>,
+}
+
+impl HistoryParams {
+    fn parse(query: Option<&str>) -> Result<HistoryParams, ApiError> {
+        let mut params = HistoryParams {
+            count: DEFAULT_COUNT,
+            since: None,
+            since_text: None,
+            at: None,
+            at_text: None,
+            cursor: None,
+        };
+        for (name, value) in query_pairs(query) {
+            match name.as_str() {
+                "_count" => {
+                    params.count = value
+                        .parse::<usize>()
+                        .map_err(|_| {
+                            ApiError::BadRequest(format!(
+                                "_count must be a whole number, not \"{}\"",
+                                preview(&value)
+                            ))
+                        })?
+                        .clamp(1, MAX_COUNT);
+                }
+                "_since" => {
+                    let (start, _) = period(&value).ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "_since must be a FHIR instant, not \"{}\"",
+                            preview(&value)
+                        ))
+                    })?;
+                    params.since = Some(start);
+                    params.since_text = Some(value);
+                }
+                "_at" => {
+                    params.at = Some(period(&value).ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "_at must be a FHIR date or dateTime, not \"{}\"",
+                            preview(&value)
+                        ))
+                    })?);
+                    params.at_text = Some(value);
+                }
+                CURSOR_PARAM => params.cursor = Some(decode_cursor(&value)?),
+                // _format and _pretty are content negotiation's; other parameters are ignored,
+                // as FHIR lets a server do with parameters it does not support.
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+
+    fn link(&self, base: &BaseUrl, path: &str, cursor: Option<&HistoryCursor>) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("_count", &self.count.to_string());
+        if let Some(since) = &self.since_text {
+            query.append_pair("_since", since);
+        }
+        if let Some(at) = &self.at_text {
+            query.append_pair("_at", at);
+        }
+        if let Some(cursor) = cursor {
+            query.append_pair(CURSOR_PARAM, &encode_cursor(cursor));
+        }
+        format!("{}/{path}?{}", base.0, query.finish())
+    }
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn encode_cursor(cursor: &HistoryCursor) -> String {
+    let text = format!(
+        "{}|{}|{}|{}",
+        cursor.last_updated, cursor.resource_type, cursor.id, cursor.version
+    );
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(token: &str) -> Result<HistoryCursor, ApiError> {
+    let invalid =
+        || ApiError::BadRequest(format!("{CURSOR_PARAM} is not a cursor this server issued"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = text.splitn(4, '|');
+    let (Some(last_updated), Some(resource_type), Some(id), Some(version)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    Ok(HistoryCursor {
+        last_updated: last_updated.parse().map_err(|_| invalid())?,
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version: version.parse().map_err(|_| invalid())?,
+    })
+}
+
+fn bundle(
+    page: &[ResourceVersion],
+    base: &BaseUrl,
+    path: &str,
+    params: &HistoryParams,
+    next: Option<&HistoryCursor>,
+) -> Json {
+    let mut links = vec![object([
+        ("relation", Json::str("self")),
+        (
+            "url",
+            Json::str(params.link(base, path, params.cursor.as_ref())),
+        ),
+    ])];
+    if let Some(next) = next {
+        links.push(object([
+            ("relation", Json::str("next")),
+            ("url", Json::str(params.link(base, path, Some(next)))),
+        ]));
+    }
+    let mut bundle = object([
+        ("resourceType", Json::str("Bundle")),
+        ("id", Json::str(crate::fhir::new_id())),
+        (
+            "meta",
+            object([("lastUpdated", Json::str(format_instant(now_millis())))]),
+        ),
+        ("type", Json::str("history")),
+        ("link", Json::Array(links)),
+    ]);
+    // FHIR JSON has no empty arrays: an empty page has no `entry` at all.
+    if let Some(fields) = bundle.as_object_mut()
+        && !page.is_empty()
+    {
+        let entries = page.iter().map(|version| entry(version, base)).collect();
+        fields.insert("entry", Json::Array(entries));
+    }
+    bundle
+}
+
+fn entry(version: &ResourceVersion, base: &BaseUrl) -> Json {
+    let record = &version.record;
+    let relative = format!("{}/{}", record.resource_type, record.id);
+    let (method, url, status) = match record.method {
+        Method::Create => ("POST", record.resource_type.clone(), "201 Created"),
+        Method::Update if record.version == 1 => ("PUT", relative.clone(), "201 Created"),
+        Method::Update => ("PUT", relative.clone(), "200 OK"),
+        Method::Delete => ("DELETE", relative.clone(), "204 No Content"),
+    };
+    let mut entry = object([("fullUrl", Json::str(format!("{}/{relative}", base.0)))]);
+    let Some(fields) = entry.as_object_mut() else {
+        return entry;
+    };
+    if let Some(content) = &version.content
+        && let Ok(resource) = json::parse(content)
+    {
+        fields.insert("resource", resource);
+    }
+    fields.insert(
+        "request",
+        object([("method", Json::str(method)), ("url", Json::str(url))]),
+    );
+    fields.insert(
+        "response",
+        object([
+            ("status", Json::str(status)),
+            ("etag", Json::str(format!("W/\"{}\"", record.version))),
+            (
+                "lastModified",
+                Json::str(format_instant(record.last_updated)),
+            ),
+        ]),
+    );
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_forgeries() {
+        let cursor = HistoryCursor {
+            last_updated: 1_700_000_000_000,
+            resource_type: "Patient".into(),
+            id: "a.b-c".into(),
+            version: 7,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&cursor)).unwrap(), cursor);
+        assert!(decode_cursor("not-a-cursor").is_err());
+        assert!(
+            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|2")).is_err()
+        );
+    }
+}

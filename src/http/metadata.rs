@@ -1,0 +1,60 @@
+//! What the server says about itself: the CapabilityStatement (`GET /fhir/metadata`, public)
+//! and `GET /health`, each component's status (200 when all answer, 503 otherwise).
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::HttpState;
+use super::negotiate::{BaseUrl, Negotiated};
+use crate::fhir::capability::{ServerFacts, capability_statement};
+use crate::fhir::json::{Json, Object, object};
+
+pub async fn capability(
+    State(state): State<HttpState>,
+    negotiated: Negotiated,
+    base: BaseUrl,
+) -> Response {
+    let statement = capability_statement(&ServerFacts {
+        base_url: &base.0,
+        software_version: env!("CARGO_PKG_VERSION"),
+        started_at: &state.settings.started_at,
+    });
+    let mut response = (StatusCode::OK, negotiated.render(&statement)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(negotiated.content_type),
+    );
+    response
+}
+
+pub async fn health(State(state): State<HttpState>) -> Response {
+    let reports = state.repo.health().await;
+    let all_up = reports.iter().all(|(_, report)| report.is_ok());
+    let components: Object = reports
+        .into_iter()
+        .map(|(name, report)| {
+            let (status, detail) = match report {
+                Ok(detail) => ("up", detail),
+                Err(error) => ("down", error),
+            };
+            let report = object([("status", Json::str(status)), ("detail", Json::str(detail))]);
+            (name.to_owned(), report)
+        })
+        .collect();
+    let body = object([
+        ("status", Json::str(if all_up { "up" } else { "down" })),
+        ("components", Json::Object(components)),
+    ]);
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (status, body.to_bytes()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

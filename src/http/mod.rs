@@ -1,0 +1,128 @@
+//! The FHIR REST face: routes, content negotiation, request bodies, Bundles, and the one
+//! renderer of errors (`outcome`). One file per interaction family.
+//!
+//! Only `http` knows axum. It knows no backend: it holds the `Repository` and asks it.
+
+mod body;
+mod crud;
+mod history;
+mod metadata;
+pub mod negotiate;
+pub mod outcome;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::http::Method;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{MethodRouter, get, post};
+use serde::de::DeserializeOwned;
+
+pub use outcome::ApiError;
+
+use crate::repository::Repository;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub repo: Arc<Repository>,
+    pub settings: Arc<HttpSettings>,
+}
+
+/// Settings of the HTTP face, fixed at start.
+#[derive(Debug)]
+pub struct HttpSettings {
+    /// Configured public base URL; `None` derives it from each request's Host.
+    pub base_url: Option<String>,
+    pub max_body_bytes: usize,
+    /// When the server started, for the CapabilityStatement's date.
+    pub started_at: String,
+}
+
+/// The whole router: FHIR under `/fhir`, `/health` beside it.
+pub fn router(state: HttpState) -> Router {
+    let fhir = Router::new()
+        .route("/metadata", only(get(metadata::capability), "GET"))
+        .route("/_history", only(get(history::system), "GET"))
+        .route("/{type}", only(post(crud::create), "POST"))
+        .route("/{type}/_history", only(get(history::type_level), "GET"))
+        .route(
+            "/{type}/{id}",
+            only(
+                get(crud::read).put(crud::update).delete(crud::delete),
+                "GET, HEAD, PUT, DELETE",
+            ),
+        )
+        .route("/{type}/{id}/_history", only(get(history::instance), "GET"))
+        .route("/{type}/{id}/_history/{vid}", only(get(crud::vread), "GET"))
+        .fallback(unknown_route);
+    Router::new()
+        .nest("/fhir", fhir)
+        .route("/health", only(get(metadata::health), "GET"))
+        .fallback(unknown_route)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// A route's methods, with a FHIR 405 (and `Allow`) for any other method.
+fn only(methods: MethodRouter<HttpState>, allow: &'static str) -> MethodRouter<HttpState> {
+    methods.fallback(move |method: Method| async move {
+        ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: allow.to_owned(),
+        }
+    })
+}
+
+async fn unknown_route(method: Method) -> ApiError {
+    ApiError::NotFound(format!(
+        "no FHIR interaction at this path for {method}: see GET /fhir/metadata"
+    ))
+}
+
+/// One log line per request: method, route template, status and time. Never the URL's
+/// values (ids, search terms), never a body: those can be health data.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::warn!(%method, %route, status = status.as_u16(), elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status = status.as_u16(), elapsed_ms, "request");
+    }
+    response
+}
+
+/// `Path` whose rejection is a FHIR OperationOutcome rather than plain text.
+pub struct FhirPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for FhirPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| FhirPath(value))
+            .map_err(|rejection| {
+                ApiError::BadRequest(format!(
+                    "the URL path is not valid: {}",
+                    rejection.body_text()
+                ))
+            })
+    }
+}

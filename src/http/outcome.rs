@@ -1,0 +1,207 @@
+//! The one place an error becomes an HTTP status and an OperationOutcome.
+//!
+//! | error                                   | status | issue code     |
+//! |-----------------------------------------|--------|----------------|
+//! | body not JSON / not a valid resource    | 400    | structure, value, required, ... |
+//! | bad id, header or query parameter       | 400    | value / invalid |
+//! | broken or truncated request stream      | 400    | structure      |
+//! | unknown resource type, id, version, route | 404  | not-supported / not-found |
+//! | method not allowed on the route         | 405    | not-supported  |
+//! | XML or another format asked for         | 406    | not-supported  |
+//! | version conflict (lost a race)          | 409    | conflict       |
+//! | deleted resource or version; erased     | 410    | deleted        |
+//! | If-Match not the current version        | 412    | conflict       |
+//! | body over the configured limit          | 413    | too-costly     |
+//! | body not sent as FHIR JSON              | 415    | not-supported  |
+//! | body's resourceType/id differ from URL  | 422    | business-rule  |
+//! | stored data failed an integrity check   | 500    | exception      |
+//! | a backend unavailable or too slow       | 503    | transient (+ Retry-After) |
+//!
+//! Must not log: logging of requests happens once, in the middleware, without bodies.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::fhir::json::{Json, object};
+use crate::fhir::{FhirError, Issue, IssueCode};
+use crate::repository::RepoError;
+
+/// Seconds a client is told to wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Everything a FHIR request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: String },
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+}
+
+impl From<FhirError> for ApiError {
+    fn from(e: FhirError) -> Self {
+        ApiError::Repo(RepoError::Fhir(e))
+    }
+}
+
+impl ApiError {
+    fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
+        let one = |code: IssueCode| vec![Issue::error(code, self.to_string(), None)];
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, one(IssueCode::Invalid)),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound)),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, one(IssueCode::NotSupported))
+            }
+            ApiError::NotAcceptable(_) => {
+                (StatusCode::NOT_ACCEPTABLE, one(IssueCode::NotSupported))
+            }
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                one(IssueCode::NotSupported),
+            ),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, one(IssueCode::TooCostly))
+            }
+            ApiError::Repo(repo) => repo_status_and_issues(repo),
+        }
+    }
+}
+
+fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
+    let one = |code: IssueCode| vec![Issue::error(code, error.to_string(), None)];
+    match error {
+        RepoError::Fhir(fhir) => {
+            let status = match fhir {
+                FhirError::UnknownType(_) => StatusCode::NOT_FOUND,
+                FhirError::TypeMismatch { .. } | FhirError::IdMismatch { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                FhirError::Json(_)
+                | FhirError::Invalid(_)
+                | FhirError::InvalidId(_)
+                | FhirError::MissingId => StatusCode::BAD_REQUEST,
+            };
+            (status, fhir.issues())
+        }
+        RepoError::NotFound { .. } => (StatusCode::NOT_FOUND, one(IssueCode::NotFound)),
+        RepoError::Gone(_) | RepoError::Erased => (StatusCode::GONE, one(IssueCode::Deleted)),
+        RepoError::PreconditionFailed { .. } => {
+            (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict))
+        }
+        RepoError::Conflict(_) | RepoError::Index(_) => {
+            (StatusCode::CONFLICT, one(IssueCode::Conflict))
+        }
+        RepoError::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient))
+        }
+        RepoError::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception)),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, issues) = self.status_and_issues();
+        let mut response = outcome_response(status, &issues);
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Repo(RepoError::Unavailable { .. }) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(value) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, value);
+                }
+            }
+            ApiError::Repo(RepoError::Gone(record)) => {
+                if let Ok(value) = HeaderValue::from_str(&format!("W/\"{}\"", record.version)) {
+                    headers.insert(header::ETAG, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// An OperationOutcome resource for `issues`: the one renderer, also used for success outcomes.
+pub fn outcome_resource(issues: &[Issue]) -> Json {
+    let issues = issues
+        .iter()
+        .map(|issue| {
+            let mut entry = object([
+                ("severity", Json::str(issue.severity.as_str())),
+                ("code", Json::str(issue.code.as_str())),
+                ("diagnostics", Json::str(&issue.diagnostics)),
+            ]);
+            if let (Some(expression), Some(o)) = (&issue.expression, entry.as_object_mut()) {
+                o.insert("expression", Json::Array(vec![Json::str(expression)]));
+            }
+            entry
+        })
+        .collect();
+    object([
+        ("resourceType", Json::str("OperationOutcome")),
+        ("issue", Json::Array(issues)),
+    ])
+}
+
+/// A response carrying an OperationOutcome.
+pub fn outcome_response(status: StatusCode, issues: &[Issue]) -> Response {
+    let body = outcome_resource(issues).to_bytes();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(super::negotiate::FHIR_JSON),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: ApiError) -> u16 {
+        error.into_response().status().as_u16()
+    }
+
+    #[test]
+    fn maps_each_error_to_its_status() {
+        assert_eq!(status_of(FhirError::UnknownType("X".into()).into()), 404);
+        assert_eq!(status_of(FhirError::MissingId.into()), 400);
+        assert_eq!(
+            status_of(
+                FhirError::IdMismatch {
+                    url: "a".into(),
+                    body: "b".into()
+                }
+                .into()
+            ),
+            422
+        );
+        assert_eq!(status_of(ApiError::PayloadTooLarge(10)), 413);
+        let unavailable = ApiError::Repo(RepoError::Unavailable {
+            component: "index",
+            detail: "down".into(),
+        })
+        .into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "5");
+    }
+}

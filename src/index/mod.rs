@@ -1,0 +1,178 @@
+//! The IndexStore seam: where every resource version is, and what can be searched.
+//!
+//! One row per resource version (`VersionRecord`: type, id, versionId, lastUpdated, deleted,
+//! CID, keyed digest, patient compartment), the search entries of current versions, and the
+//! wrapped data keys of the vault. Two implementations with the same behaviour: `embedded`
+//! (redb, the default) and `mongo` (the services profile). A commit is atomic and is the commit
+//! point of a write: the blob is already stored when it runs, so a crash before it leaves only
+//! an unreferenced blob, never a row pointing at nothing.
+//!
+//! The index never sees plaintext: only CIDs, keyed digests, ids and extracted search values.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// How a version came to be, for history entries' `request.method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One version of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub resource_type: String,
+    pub id: String,
+    pub version: u64,
+    /// `meta.lastUpdated` in milliseconds since the epoch; never decreases within a resource.
+    pub last_updated: i64,
+    /// When the next version replaced this one; `None` while it is current. Lets `_at` history
+    /// decide "current at some point in a period" from one row.
+    pub superseded_at: Option<i64>,
+    pub method: Method,
+    /// Where the sealed content is; `None` for a delete, which has no content.
+    pub cid: Option<String>,
+    /// HMAC-SHA-256 of the plaintext under the data key: lets `open` prove the content is the
+    /// one indexed, without the index holding a hash anyone could test guesses against.
+    pub digest: Option<String>,
+    /// Whose data key sealed the content (`Patient/123`, or `system`).
+    pub key_owner: Option<String>,
+    /// The patients whose compartment holds this version (ids), for consent and scoping.
+    pub patients: Vec<String>,
+}
+
+impl VersionRecord {
+    pub fn deleted(&self) -> bool {
+        self.method == Method::Delete
+    }
+}
+
+/// One value a search parameter takes in a resource; only current versions are searchable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchEntry {
+    pub param: String,
+    /// The value in its index form (see `search::entries`), compared as a string.
+    pub value: String,
+}
+
+/// A new version to make current, atomically.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    pub record: VersionRecord,
+    /// The version this one replaces; `None` when the resource must not exist yet. A commit
+    /// whose expectation no longer holds fails with `IndexError::Conflict`.
+    pub replaces: Option<u64>,
+    pub entries: Vec<SearchEntry>,
+}
+
+/// Which history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance { resource_type: String, id: String },
+}
+
+/// A position in a history listing: the last entry of the previous page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub last_updated: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version: u64,
+}
+
+impl HistoryCursor {
+    pub fn after(record: &VersionRecord) -> HistoryCursor {
+        HistoryCursor {
+            last_updated: record.last_updated,
+            resource_type: record.resource_type.clone(),
+            id: record.id.clone(),
+            version: record.version,
+        }
+    }
+}
+
+/// A history listing: newest first, ordered by (lastUpdated, type, id, version) descending.
+#[derive(Clone, Debug)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// Only versions with lastUpdated ≥ this (`_since`).
+    pub since: Option<i64>,
+    /// Only versions current at some point in [start, end] (`_at`).
+    pub at: Option<(i64, i64)>,
+    /// Continue strictly after this entry (the next page).
+    pub after: Option<HistoryCursor>,
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// Whether `record` passes the time filters (shared by every implementation).
+    pub fn admits(&self, record: &VersionRecord) -> bool {
+        if self.since.is_some_and(|since| record.last_updated < since) {
+            return false;
+        }
+        if let Some((start, end)) = self.at {
+            if record.last_updated > end {
+                return false;
+            }
+            if record.superseded_at.is_some_and(|s| s <= start) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("version conflict: the current version is {current:?}")]
+    Conflict { current: Option<u64> },
+    #[error("the index store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the index store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the index holds an unreadable row: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait IndexStore: Send + Sync {
+    /// Makes `commit.record` the current version, durably, if `commit.replaces` still holds.
+    async fn commit(&self, commit: Commit) -> Result<(), IndexError>;
+
+    /// The newest version of a resource, deleted or not.
+    async fn current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRecord>, IndexError>;
+
+    /// One version of a resource.
+    async fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, IndexError>;
+
+    /// A page of history, newest first.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<VersionRecord>, IndexError>;
+
+    /// The wrapped data key of `owner`, if one was made.
+    async fn data_key(&self, owner: &str) -> Result<Option<Vec<u8>>, IndexError>;
+
+    /// Stores `wrapped` as `owner`'s data key unless one exists; returns the key that holds
+    /// (so two replicas racing to create a key agree on one).
+    async fn insert_data_key(&self, owner: &str, wrapped: Vec<u8>) -> Result<Vec<u8>, IndexError>;
+
+    /// Whether any version references `cid` (the sweeper's question).
+    async fn references(&self, cid: &str) -> Result<bool, IndexError>;
+
+    /// A short description of the store and whether it answers, for `/health`.
+    async fn health(&self) -> Result<String, IndexError>;
+}

@@ -1,0 +1,68 @@
+//! The repository's one error type. Every way an interaction can fail below HTTP ends here;
+//! `http::outcome` maps each variant to a status and an OperationOutcome.
+
+use crate::fhir::FhirError;
+use crate::fhir::resource::ResourceType;
+use crate::index::{IndexError, VersionRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The client's body or URL is not acceptable.
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    #[error("{resource_type}/{id}{} is not known", version.map(|v| format!("/_history/{v}")).unwrap_or_default())]
+    NotFound {
+        resource_type: &'static str,
+        id: String,
+        version: Option<u64>,
+    },
+    /// The resource (or this version of it) was deleted.
+    #[error("{}/{} was deleted (version {})", .0.resource_type, .0.id, .0.version)]
+    Gone(Box<VersionRecord>),
+    /// The content was erased (its data key destroyed); it will never be readable again.
+    #[error("the content was erased at the patient's request")]
+    Erased,
+    #[error("If-Match expected version {expected}, but the current version is {}", current.map(|c| c.to_string()).unwrap_or_else(|| "none (no such resource)".into()))]
+    PreconditionFailed { expected: u64, current: Option<u64> },
+    #[error("{0}")]
+    Conflict(String),
+    /// A backend did not answer, or answered with an error that is not the client's fault.
+    #[error("the {component} is unavailable: {detail}")]
+    Unavailable {
+        component: &'static str,
+        detail: String,
+    },
+    /// Stored data failed a check (CID, AEAD tag, digest): the server's fault, never the client's.
+    #[error("stored data failed an integrity check: {0}")]
+    Integrity(String),
+    /// Index conflicts surface here only until the repository decides what they mean.
+    #[error(transparent)]
+    Index(IndexError),
+}
+
+impl RepoError {
+    pub fn not_found(resource_type: ResourceType, id: &str, version: Option<u64>) -> RepoError {
+        RepoError::NotFound {
+            resource_type: resource_type.as_str(),
+            id: id.chars().take(64).collect(),
+            version,
+        }
+    }
+}
+
+impl From<IndexError> for RepoError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Unavailable(detail) => RepoError::Unavailable {
+                component: "index",
+                detail,
+            },
+            IndexError::Timeout(t) => RepoError::Unavailable {
+                component: "index",
+                detail: format!("no answer within {t:?}"),
+            },
+            IndexError::Corrupt(detail) => RepoError::Integrity(detail),
+            conflict @ IndexError::Conflict { .. } => RepoError::Index(conflict),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Search: the official R4 SearchParameters, FHIRPath extraction over them, and the patient
+//! compartment. Today it answers "which patients does this resource belong to?"; the query
+//! planner over the same registry builds on it.
+//!
+//! Must not touch storage or keys: it reads resources and returns values.
+
+pub mod compartment;
+pub mod fhirpath;
+pub mod params;
+
+pub use compartment::Compartment;

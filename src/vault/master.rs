@@ -1,0 +1,176 @@
+//! The master key: wraps and unwraps data keys, and nothing else.
+//!
+//! Where it comes from, in order: `INTELLIHEALTH_MASTER_KEY` (64 hex digits or base64 of 32
+//! bytes), a key file named by `--master-key-file`, or `DATA_DIR/master.key`, generated on first
+//! start with mode 0600. It is never logged, never stored in the index, and never leaves this
+//! module except as the wrapping of a data key.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::XNonce;
+use chacha20poly1305::aead::{Aead, Payload};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::cipher_for;
+
+const WRAP_NONCE_LEN: usize = 24;
+
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
+        MasterKey(Zeroizing::new(bytes))
+    }
+
+    /// Parses 64 hex digits or standard base64 of exactly 32 bytes.
+    pub fn parse(text: &str) -> Result<MasterKey, String> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| e.to_string())?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| {
+                    "the master key must be 64 hex digits or base64 of 32 bytes".to_owned()
+                })?
+        };
+        let bytes = Zeroizing::new(bytes);
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("the master key must be 32 bytes, not {}", bytes.len()))?;
+        Ok(MasterKey::from_bytes(array))
+    }
+
+    /// Reads the key file at `path`, or creates it (mode 0600) with a fresh random key.
+    pub fn load_or_create(path: &Path) -> Result<MasterKey, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077);
+                if matches!(mode, Ok(bits) if bits != 0) {
+                    tracing::warn!(path = %path.display(), "the master key file is readable by group or others; chmod 600 it");
+                }
+                MasterKey::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rng().fill_bytes(key.as_mut_slice());
+                let hex =
+                    Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                file.write_all(hex.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "generated a new master key");
+                Ok(MasterKey(key))
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Wraps a data key for `owner`: nonce ‖ XChaCha20-Poly1305(key), AAD binding the owner so a
+    /// wrapped key cannot be moved to another patient.
+    pub fn wrap(&self, owner: &str, data_key: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = cipher_for(&self.0)
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: data_key,
+                    aad: wrap_aad(owner).as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        [nonce.as_slice(), sealed.as_slice()].concat()
+    }
+
+    /// Unwraps a data key made by `wrap` for the same owner.
+    pub fn unwrap(&self, owner: &str, wrapped: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        if wrapped.len() <= WRAP_NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = wrapped.split_at(WRAP_NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).ok()?;
+        let plain = Zeroizing::new(
+            cipher_for(&self.0)
+                .decrypt(
+                    &nonce,
+                    Payload {
+                        msg: sealed,
+                        aad: wrap_aad(owner).as_bytes(),
+                    },
+                )
+                .ok()?,
+        );
+        let array: [u8; 32] = plain.as_slice().try_into().ok()?;
+        Some(Zeroizing::new(array))
+    }
+}
+
+fn wrap_aad(owner: &str) -> String {
+    format!("intellihealth data key for {owner}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hex_and_base64_and_refuses_the_rest() {
+        let hex = "00".repeat(31) + "ff";
+        assert!(MasterKey::parse(&hex).is_ok());
+        assert!(
+            MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([1u8; 32])).is_ok()
+        );
+        assert!(MasterKey::parse("short").is_err());
+        assert!(
+            MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([1u8; 16])).is_err()
+        );
+    }
+
+    #[test]
+    fn wrapped_keys_are_bound_to_their_owner() {
+        let master = MasterKey::from_bytes([3; 32]);
+        let wrapped = master.wrap("Patient/a", &[9; 32]);
+        assert_eq!(*master.unwrap("Patient/a", &wrapped).unwrap(), [9; 32]);
+        assert!(master.unwrap("Patient/b", &wrapped).is_none());
+        assert!(
+            MasterKey::from_bytes([4; 32])
+                .unwrap("Patient/a", &wrapped)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn creates_a_private_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let first = MasterKey::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = MasterKey::load_or_create(&path).unwrap();
+        assert_eq!(*first.0, *again.0);
+    }
+}

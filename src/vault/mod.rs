@@ -1,0 +1,241 @@
+//! Keys and sealing: the only room that ever holds plaintext next to a key.
+//!
+//! - **Keys.** Every patient has a 32-byte data key; resources outside any patient compartment
+//!   use the `system` key. Data keys are stored only wrapped (XChaCha20-Poly1305 under the master
+//!   key, AAD = owner) in the IndexStore, and cached unwrapped in memory. Destroying a patient's
+//!   wrapped key makes every version sealed under it unreadable (crypto-shredding).
+//! - **Sealing.** Each resource version is sealed with its owner's data key, a fresh random
+//!   24-byte nonce, and AAD = `Type/id/_history/version`, so a blob cannot be replayed as another
+//!   resource or another version. The envelope layout is in ARCHITECTURE.md.
+//! - **Blobs.** The BlobStore seam (`blob`) with its `local` implementation; CIDs (`cid`).
+//!
+//! Must not decide *who* may read: `consent` and `auth` do; the vault only does what it is told.
+
+pub mod blob;
+pub mod cid;
+pub mod local;
+pub mod master;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::index::{IndexError, IndexStore};
+pub use master::MasterKey;
+
+/// Envelope magic and format version: `IHS1` = IntelliHealth sealed blob, layout 1.
+const MAGIC: &[u8; 4] = b"IHS1";
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+/// The owner of the key for resources outside any patient compartment.
+pub const SYSTEM_OWNER: &str = "system";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("the data key of {0} has been destroyed; the content is unrecoverable")]
+    KeyDestroyed(String),
+    #[error("sealed content failed authentication (wrong key, or altered bytes)")]
+    Tampered,
+    #[error("the content does not match the digest the index holds for it")]
+    DigestMismatch,
+    #[error("the key store failed: {0}")]
+    KeyStore(#[from] IndexError),
+}
+
+/// A data key, wiped from memory when the last reference goes.
+struct DataKey(Zeroizing<[u8; 32]>);
+
+pub struct Vault {
+    master: MasterKey,
+    keys: Arc<dyn IndexStore>,
+    /// Unwrapped data keys by owner: unwrapping costs an AEAD open and an index read.
+    cache: RwLock<HashMap<String, Arc<DataKey>>>,
+}
+
+/// A sealed resource version, ready for the BlobStore, with the digest the index keeps.
+pub struct Sealed {
+    pub envelope: Vec<u8>,
+    pub digest: String,
+}
+
+impl Vault {
+    pub fn new(master: MasterKey, keys: Arc<dyn IndexStore>) -> Vault {
+        Vault {
+            master,
+            keys,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Seals `plaintext` under `owner`'s data key (made on first use), bound to `aad`.
+    pub async fn seal(
+        &self,
+        owner: &str,
+        aad: &str,
+        plaintext: &[u8],
+    ) -> Result<Sealed, VaultError> {
+        let key = self.data_key(owner, true).await?;
+        let cipher = cipher_for(&key.0);
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let ciphertext = cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| VaultError::Tampered)?;
+        let mut envelope = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ciphertext.len());
+        envelope.extend_from_slice(MAGIC);
+        envelope.extend_from_slice(&nonce);
+        envelope.extend_from_slice(&ciphertext);
+        Ok(Sealed {
+            envelope,
+            digest: digest(&key, plaintext),
+        })
+    }
+
+    /// Opens an envelope sealed by `seal` with the same owner and `aad`, and checks the content
+    /// against the digest the index holds.
+    pub async fn open(
+        &self,
+        owner: &str,
+        aad: &str,
+        envelope: &[u8],
+        expected_digest: Option<&str>,
+    ) -> Result<Vec<u8>, VaultError> {
+        let key = self.data_key(owner, false).await?;
+        if envelope.len() < MAGIC.len() + NONCE_LEN + TAG_LEN || &envelope[..4] != MAGIC {
+            return Err(VaultError::Tampered);
+        }
+        let (nonce, ciphertext) = envelope[4..].split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| VaultError::Tampered)?;
+        let plaintext = cipher_for(&key.0)
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| VaultError::Tampered)?;
+        if expected_digest.is_some_and(|d| d != digest(&key, &plaintext)) {
+            return Err(VaultError::DigestMismatch);
+        }
+        Ok(plaintext)
+    }
+
+    async fn data_key(&self, owner: &str, create: bool) -> Result<Arc<DataKey>, VaultError> {
+        if let Some(key) = self.cache.read().ok().and_then(|c| c.get(owner).cloned()) {
+            return Ok(key);
+        }
+        let wrapped = match self.keys.data_key(owner).await? {
+            Some(wrapped) => wrapped,
+            None if create => {
+                let mut fresh = Zeroizing::new([0u8; 32]);
+                rand::rng().fill_bytes(fresh.as_mut_slice());
+                let wrapped = self.master.wrap(owner, fresh.as_slice());
+                // Another replica may have won the race: use whichever key the store kept.
+                self.keys.insert_data_key(owner, wrapped).await?
+            }
+            None => return Err(VaultError::KeyDestroyed(owner.to_owned())),
+        };
+        let raw = self
+            .master
+            .unwrap(owner, &wrapped)
+            .ok_or(VaultError::Tampered)?;
+        let key = Arc::new(DataKey(raw));
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(owner.to_owned(), key.clone());
+        }
+        Ok(key)
+    }
+}
+
+/// The AEAD for a 32-byte key (the length is fixed by the type, so this cannot fail).
+pub(crate) fn cipher_for(key: &[u8; 32]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(&(*key).into())
+}
+
+fn digest(key: &DataKey, plaintext: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.0.as_slice())
+        .expect("HMAC takes keys of any length");
+    mac.update(plaintext);
+    let tag = mac.finalize().into_bytes();
+    tag.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The AAD that binds a sealed blob to one version of one resource.
+pub fn aad_for(resource_type: &str, id: &str, version: u64) -> String {
+    format!("{resource_type}/{id}/_history/{version}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::embedded::EmbeddedIndex;
+
+    async fn vault() -> (tempfile::TempDir, Vault) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        (dir, Vault::new(MasterKey::from_bytes([7; 32]), index))
+    }
+
+    #[tokio::test]
+    async fn seals_and_opens_only_under_the_same_binding() {
+        let (_dir, vault) = vault().await;
+        let aad = aad_for("Patient", "a", 1);
+        let sealed = vault.seal("Patient/a", &aad, b"{\"x\":1}").await.unwrap();
+        assert!(!sealed.envelope.windows(7).any(|w| w == b"{\"x\":1}"));
+        let opened = vault
+            .open("Patient/a", &aad, &sealed.envelope, Some(&sealed.digest))
+            .await
+            .unwrap();
+        assert_eq!(opened, b"{\"x\":1}");
+
+        // Replayed as another version, another resource, or under another owner's key: refused.
+        let replay = aad_for("Patient", "a", 2);
+        assert!(matches!(
+            vault
+                .open("Patient/a", &replay, &sealed.envelope, None)
+                .await,
+            Err(VaultError::Tampered)
+        ));
+        vault.seal("Patient/b", &aad, b"other").await.unwrap();
+        assert!(matches!(
+            vault.open("Patient/b", &aad, &sealed.envelope, None).await,
+            Err(VaultError::Tampered)
+        ));
+        assert!(matches!(
+            vault
+                .open("Patient/a", &aad, &sealed.envelope, Some("00"))
+                .await,
+            Err(VaultError::DigestMismatch)
+        ));
+        assert!(matches!(
+            vault
+                .open("Patient/nobody", &aad, &sealed.envelope, None)
+                .await,
+            Err(VaultError::KeyDestroyed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_seal_uses_a_fresh_nonce() {
+        let (_dir, vault) = vault().await;
+        let a = vault.seal("system", "x", b"same").await.unwrap();
+        let b = vault.seal("system", "x", b"same").await.unwrap();
+        assert_ne!(a.envelope, b.envelope);
+        assert_eq!(a.digest, b.digest);
+    }
+}
