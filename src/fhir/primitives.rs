@@ -30,7 +30,7 @@ pub fn check(kind: Primitive, value: &Json) -> Result<(), String> {
             if text.is_empty() {
                 return Err("empty string: leave the element out instead".into());
             }
-            if text.len() > MAX_STRING_BYTES {
+            if is_string_kind(kind) && text.len() > MAX_STRING_BYTES {
                 return Err(format!(
                     "string of {} bytes exceeds the 1 MB limit",
                     text.len()
@@ -47,7 +47,7 @@ fn string_rule(kind: Primitive, text: &str) -> Result<(), String> {
         Primitive::Code => is_code(text),
         Primitive::Id => is_id(text),
         Primitive::Uri | Primitive::Url | Primitive::Canonical => {
-            !text.chars().any(char::is_whitespace)
+            !text.bytes().any(is_schema_space)
         }
         Primitive::Oid => is_oid(text),
         Primitive::Uuid => is_uuid(text),
@@ -74,6 +74,15 @@ fn string_rule(kind: Primitive, text: &str) -> Result<(), String> {
     }
 }
 
+/// The 1 MB cap belongs to `string` and the types derived from it; `xhtml`, `uri` and
+/// `base64Binary` are not strings in R4 (an attachment or a narrative may be larger).
+fn is_string_kind(kind: Primitive) -> bool {
+    matches!(
+        kind,
+        Primitive::String | Primitive::Code | Primitive::Id | Primitive::Markdown
+    )
+}
+
 /// A valid FHIR logical id: 1–64 of `A-Z a-z 0-9 - .`.
 pub fn is_id(text: &str) -> bool {
     (1..=64).contains(&text.len())
@@ -82,14 +91,20 @@ pub fn is_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// `\s` in the XML Schema regexes R4 publishes: space, tab, CR, LF, and nothing else (a
+/// no-break space is not whitespace there, and official examples rely on it).
+fn is_schema_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 fn is_code(text: &str) -> bool {
     // `[^\s]+(\s[^\s]+)*`: no leading, trailing or doubled whitespace.
-    !text.starts_with(char::is_whitespace)
-        && !text.ends_with(char::is_whitespace)
-        && !text
-            .as_bytes()
+    let bytes = text.as_bytes();
+    !bytes.first().copied().is_some_and(is_schema_space)
+        && !bytes.last().copied().is_some_and(is_schema_space)
+        && !bytes
             .windows(2)
-            .any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace())
+            .any(|w| is_schema_space(w[0]) && is_schema_space(w[1]))
 }
 
 fn is_oid(text: &str) -> bool {
@@ -315,6 +330,7 @@ mod tests {
             (Primitive::Decimal, n("1.50")),
             (Primitive::Decimal, n("1e300")),
             (Primitive::Code, s("a code")),
+            (Primitive::Code, s("CHEST\u{a0}")),
             (Primitive::Id, s("example-1.2")),
             (Primitive::Oid, s("urn:oid:1.2.840.10008")),
             (

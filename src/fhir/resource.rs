@@ -98,19 +98,22 @@ pub fn parse_body(
             )]));
         }
     }
+    // A create ignores the body's id, but an id that is not even an id is a broken resource.
+    if let Some(id) = object.get("id")
+        && !matches!(id, Json::String(text) if primitives::is_id(text))
+    {
+        return Err(FhirError::InvalidId(match id {
+            Json::String(text) => preview(text),
+            other => format!("(a JSON {})", other.kind()),
+        }));
+    }
     if let Some(url_id) = url_id {
-        match object.get("id") {
-            Some(Json::String(id)) if id == url_id => {}
-            Some(Json::String(id)) => {
+        match object.get("id").and_then(Json::as_str) {
+            Some(id) if id == url_id => {}
+            Some(id) => {
                 return Err(FhirError::IdMismatch {
                     url: url_id.to_owned(),
                     body: preview(id),
-                });
-            }
-            Some(_) => {
-                return Err(FhirError::IdMismatch {
-                    url: url_id.to_owned(),
-                    body: "(not a string)".into(),
                 });
             }
             None => return Err(FhirError::MissingId),

@@ -181,8 +181,8 @@ impl Walk<'_> {
     }
 
     fn object(&mut self, object: &Object, owner: &Owner, path: &str, is_resource: bool) {
-        let meaningful = object.iter().any(|(k, _)| k != "id" && k != "resourceType");
-        if !meaningful {
+        // An element needs a value or children besides its id (ele-1); a resource may be bare.
+        if !is_resource && !object.iter().any(|(k, _)| k != "id") {
             self.report(
                 IssueCode::Structure,
                 "empty object: every element must have a value or children".into(),
@@ -490,6 +490,7 @@ mod tests {
             r#"{"resourceType":"MedicinalProduct","name":[{"productName":"x"}]}"#,
             "ok",
         );
+        check(r#"{"resourceType":"Organization","id":"bare"}"#, "ok");
     }
 
     #[test]

@@ -1,0 +1,157 @@
+//! The server's life: a restart keeps everything, SIGTERM drains in-flight requests and every
+//! acknowledged write survives it, and what reaches the disk is ciphertext.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Server, client};
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+fn patient(family: &str) -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Lifecycle"]}], "birthDate": "1980-02-29"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_every_version_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server);
+    let created = c
+        .post_json("Patient", &patient("Restart"))
+        .send()
+        .await
+        .json()
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut changed = created.clone();
+    changed["active"] = json!(true);
+    let updated = c
+        .put_json(&format!("Patient/{id}"), &changed)
+        .send()
+        .await
+        .json()
+        .unwrap();
+    let doomed = c
+        .post_json("Patient", &patient("Doomed"))
+        .send()
+        .await
+        .json()
+        .unwrap();
+    let doomed_id = doomed["id"].as_str().unwrap().to_owned();
+    c.delete(&format!("Patient/{doomed_id}")).send().await;
+    assert!(server.terminate().success());
+
+    let key = dir.path().join("master.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the generated master key is private");
+
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server);
+    assert_eq!(
+        c.get(&format!("Patient/{id}")).send().await.json().unwrap(),
+        updated
+    );
+    assert_eq!(
+        c.get(&format!("Patient/{id}/_history/1"))
+            .send()
+            .await
+            .json()
+            .unwrap(),
+        created
+    );
+    assert_eq!(
+        c.get(&format!("Patient/{doomed_id}")).send().await.status,
+        410
+    );
+    let history = c
+        .get(&format!("Patient/{id}/_history"))
+        .send()
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(history["entry"].as_array().unwrap().len(), 2);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server);
+    let pid = server.pid();
+    let writes = (0..200).map(|n| {
+        let c = c.clone();
+        async move {
+            c.post_json("Patient", &patient(&format!("Drain{n}")))
+                .send()
+                .await
+        }
+    });
+    let signal = async {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        // SAFETY: signalling our own child by its PID.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    };
+    let (replies, ()) = tokio::join!(join_all(writes), signal);
+    assert!(server.terminate().success(), "a clean exit after draining");
+    let acknowledged: Vec<Value> = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.json().unwrap())
+        .collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "some writes completed before the signal"
+    );
+
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server);
+    for resource in &acknowledged {
+        let id = resource["id"].as_str().unwrap();
+        let read = c.get(&format!("Patient/{id}")).send().await;
+        assert_eq!(read.status, 200, "acknowledged write {id} survived");
+        assert_eq!(read.json().unwrap(), *resource);
+    }
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_ciphertext_reaches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = client(&server);
+    let name = "Zbigniewska-Plaintext-Canary";
+    let created = c.post_json("Patient", &patient(name)).send().await;
+    assert_eq!(created.status, 201);
+    assert!(server.terminate().success());
+    let mut files = Vec::new();
+    collect_files(dir.path(), &mut files);
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().contains("blobs")),
+        "a blob was written"
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{} holds the patient's name in plaintext",
+            file.display()
+        );
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
