@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::client::Client;
 
+/// How many distinct resources the create phases cycle through.
+const SAMPLE: usize = 2_000;
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub base_url: String,
@@ -85,9 +88,12 @@ fn collect_resources(value: Value, out: &mut Vec<Value>) {
 
 pub async fn run(options: &BenchOptions, resources: Vec<Value>) -> Result<Vec<Phase>, String> {
     let client = Client::new(&options.base_url, options.bearer.clone());
-    // Keep only what the server accepts, so the figures measure work, not refusals.
+    // A sample spread over every file (so every resource type), and of it only what the
+    // server accepts, so the figures measure work, not refusals.
+    let stride = (resources.len() / SAMPLE).max(1);
     let mut accepted = Vec::new();
-    for resource in resources.into_iter().take(2_000) {
+    let mut refused = 0usize;
+    for resource in resources.into_iter().step_by(stride).take(SAMPLE) {
         let ty = resource["resourceType"]
             .as_str()
             .unwrap_or_default()
@@ -102,7 +108,12 @@ pub async fn run(options: &BenchOptions, resources: Vec<Value>) -> Result<Vec<Ph
                 ty,
                 Arc::new(serde_json::to_vec(&resource).unwrap_or_default()),
             ));
+        } else {
+            refused += 1;
         }
+    }
+    if refused > 0 {
+        eprintln!("bench: the server refused {refused} of the sampled resources; left out");
     }
     if accepted.is_empty() {
         return Err("the server accepted none of the resources".into());

@@ -146,7 +146,7 @@ fn is_base64(text: &str) -> bool {
         }
         count += 1;
     }
-    count % 4 == 0
+    count.is_multiple_of(4)
 }
 
 fn integer(value: &Json, minimum: i64) -> Result<(), String> {
@@ -220,7 +220,9 @@ fn date(text: &str) -> Result<usize, String> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
