@@ -17,6 +17,18 @@ use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
 use crate::repository::{Precondition, ResourceVersion, Written};
 
+#[utoipa::path(post, path = "/fhir/{type}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient")),
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
+    responses(
+        (status = 201, description = "Created; Location, ETag, Last-Modified", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 413, description = "Body over the limit (OperationOutcome)", body = serde_json::Value),
+        (status = 415, description = "Body not FHIR JSON (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "Body type differs from the URL (OperationOutcome)", body = serde_json::Value),
+        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn create(
     State(state): State<HttpState>,
     FhirPath(resource_type): FhirPath<String>,
@@ -33,6 +45,19 @@ pub async fn create(
     Ok(written_response(written, negotiated, prefer, &base))
 }
 
+#[utoipa::path(put, path = "/fhir/{type}/{id}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Version-aware update: W/\"n\"")),
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource, with its id"),
+    responses(
+        (status = 200, description = "Updated", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 201, description = "Created (update-as-create)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 409, description = "Lost a concurrent update (OperationOutcome)", body = serde_json::Value),
+        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "Body type or id differs from the URL (OperationOutcome)", body = serde_json::Value),
+        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn update(
     State(state): State<HttpState>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
@@ -51,6 +76,16 @@ pub async fn update(
     Ok(written_response(written, negotiated, prefer, &base))
 }
 
+#[utoipa::path(get, path = "/fhir/{type}/{id}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-None-Match" = Option<String>, Header, description = "304 when it matches"), ("If-Modified-Since" = Option<String>, Header, description = "304 when not modified since")),
+    responses(
+        (status = 200, description = "The current version", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 304, description = "Not modified"),
+        (status = 410, description = "Deleted (OperationOutcome)", body = serde_json::Value),
+        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn read(
     State(state): State<HttpState>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
@@ -67,6 +102,15 @@ pub async fn read(
     Ok(resource_response(StatusCode::OK, version, negotiated))
 }
 
+#[utoipa::path(get, path = "/fhir/{type}/{id}/_history/{vid}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("vid" = String, Path, description = "Version id")),
+    responses(
+        (status = 200, description = "That version", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 410, description = "That version is a delete (OperationOutcome)", body = serde_json::Value),
+        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn vread(
     State(state): State<HttpState>,
     FhirPath((resource_type, id, version_id)): FhirPath<(String, String, String)>,
@@ -84,6 +128,15 @@ pub async fn vread(
     Ok(resource_response(StatusCode::OK, version, negotiated))
 }
 
+#[utoipa::path(delete, path = "/fhir/{type}/{id}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id")),
+    responses(
+        (status = 204, description = "Deleted (or already deleted)"),
+        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
+        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn delete(
     State(state): State<HttpState>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,

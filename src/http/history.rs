@@ -20,6 +20,12 @@ const DEFAULT_COUNT: usize = 50;
 const MAX_COUNT: usize = 1000;
 const CURSOR_PARAM: &str = "_cursor";
 
+#[utoipa::path(get, path = "/fhir/_history", tag = "history",
+    params(("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn system(
     State(state): State<HttpState>,
     RawQuery(query): RawQuery,
@@ -37,6 +43,12 @@ pub async fn system(
     .await
 }
 
+#[utoipa::path(get, path = "/fhir/{type}/_history", tag = "history",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn type_level(
     State(state): State<HttpState>,
     FhirPath(resource_type): FhirPath<String>,
@@ -50,6 +62,12 @@ pub async fn type_level(
     respond(&state, scope, &path, query, negotiated, &base).await
 }
 
+#[utoipa::path(get, path = "/fhir/{type}/{id}/_history", tag = "history",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn instance(
     State(state): State<HttpState>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,

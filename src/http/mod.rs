@@ -8,6 +8,7 @@ mod crud;
 mod history;
 mod metadata;
 pub mod negotiate;
+pub mod openapi;
 pub mod outcome;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .nest("/fhir", fhir)
         .route("/health", only(get(metadata::health), "GET"))
+        .route("/openapi.json", only(get(openapi::serve), "GET"))
         .fallback(unknown_route)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
