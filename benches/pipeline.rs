@@ -36,19 +36,24 @@ fn pipeline(c: &mut Criterion) {
     let vault = Vault::new(MasterKey::from_bytes([1; 32]), index);
     let aad = aad_for("Observation", "bench", 1);
     let sealed = runtime
-        .block_on(vault.seal("Patient/p1", &aad, &bytes))
+        .block_on(vault.seal("Patient/p1", &aad, Arc::new(bytes.clone())))
         .unwrap();
     c.bench_function("seal (XChaCha20-Poly1305 + HMAC digest)", |b| {
         b.iter(|| {
             runtime
-                .block_on(vault.seal("Patient/p1", &aad, &bytes))
+                .block_on(vault.seal("Patient/p1", &aad, Arc::new(bytes.clone())))
                 .unwrap()
         })
     });
     c.bench_function("open (AEAD + digest check)", |b| {
         b.iter(|| {
             runtime
-                .block_on(vault.open("Patient/p1", &aad, &sealed.envelope, Some(&sealed.digest)))
+                .block_on(vault.open(
+                    "Patient/p1",
+                    &aad,
+                    sealed.envelope.clone(),
+                    Some(&sealed.digest),
+                ))
                 .unwrap()
         })
     });

@@ -1,23 +1,32 @@
 //! Wires the backends of the configured profile into one shared state and serves the router.
 //!
-//! `build` is the only place that chooses implementations of the seams; `serve` is the one
-//! lifecycle, used by `main` and by tests alike: it takes a bound listener (tests bind port 0)
-//! and a shutdown signal, drains in-flight requests on shutdown, then returns.
+//! `open_repository` is the only place that chooses implementations of the seams: the embedded
+//! ones, or MongoDB / IPFS when their addresses are configured. A service that is down at
+//! start-up is waited for, with a log line saying what is awaited, rather than failing.
+//! `serve` is the one lifecycle, used by `main` and tests alike: it takes a bound listener
+//! (tests bind port 0) and a shutdown signal, runs the background sweeper, drains in-flight
+//! requests on shutdown, stops the sweeper, then returns.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, MasterKeySource};
+use crate::config::{Config, MasterKeySource, redact_userinfo};
 use crate::fhir::instant::{format_instant, now_millis};
 use crate::http::{self, HttpSettings, HttpState};
 use crate::index::IndexStore;
 use crate::index::embedded::EmbeddedIndex;
+use crate::index::mongo::MongoIndex;
 use crate::repository::Repository;
 use crate::vault::blob::BlobStore;
+use crate::vault::ipfs::IpfsBlobStore;
 use crate::vault::local::LocalBlobStore;
 use crate::vault::{MasterKey, Vault};
+
+/// Longest pause between two attempts to reach a service at start-up.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -29,8 +38,8 @@ pub enum StartupError {
     Blobs(String),
 }
 
-/// Opens the stores of the configured profile and builds the state the router serves.
-pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
+/// Opens the stores of the configured profile (waiting for services that are not up yet).
+pub async fn open_repository(config: &Config) -> Result<Arc<Repository>, StartupError> {
     let master = match &config.master_key {
         MasterKeySource::Environment(value) => MasterKey::parse(value)
             .map_err(|e| StartupError::MasterKey(format!("INTELLIHEALTH_MASTER_KEY: {e}")))?,
@@ -38,16 +47,60 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
             MasterKey::load_or_create(path).map_err(StartupError::MasterKey)?
         }
     };
-    let index: Arc<dyn IndexStore> = Arc::new(
-        EmbeddedIndex::open(&config.data_dir).map_err(|e| StartupError::Index(e.to_string()))?,
-    );
-    let blobs: Arc<dyn BlobStore> = Arc::new(
-        LocalBlobStore::open(&config.data_dir).map_err(|e| StartupError::Blobs(e.to_string()))?,
-    );
+    let timeout = config.backend_timeout;
+    let index: Arc<dyn IndexStore> = match &config.backends.mongodb_uri {
+        Some(uri) => {
+            let what = redact_userinfo(uri);
+            Arc::new(wait_for("MongoDB", &what, || MongoIndex::connect(uri, timeout)).await)
+        }
+        None => Arc::new(
+            EmbeddedIndex::open(&config.data_dir)
+                .map_err(|e| StartupError::Index(e.to_string()))?,
+        ),
+    };
+    let blobs: Arc<dyn BlobStore> = match &config.backends.ipfs_api {
+        Some(api) => {
+            let store =
+                IpfsBlobStore::new(api, timeout).map_err(|e| StartupError::Blobs(e.to_string()))?;
+            wait_for("IPFS", api, || store.health()).await;
+            Arc::new(store)
+        }
+        None => Arc::new(
+            LocalBlobStore::open(&config.data_dir)
+                .map_err(|e| StartupError::Blobs(e.to_string()))?,
+        ),
+    };
     let vault = Arc::new(Vault::new(master, index.clone()));
-    let repo = Arc::new(Repository::new(index, blobs, vault, config.backend_timeout));
+    Ok(Arc::new(Repository::new(index, blobs, vault, timeout)))
+}
+
+/// Retries `attempt` until it succeeds, saying at each failure what is awaited and why.
+async fn wait_for<T, E, F, Fut>(component: &str, address: &str, mut attempt: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(
+                    "waiting for {component} at {address}: {e}; retrying in {:.1} s",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+/// Builds the state the router serves.
+pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     Ok(HttpState {
-        repo,
+        repo: open_repository(config).await?,
         settings: Arc::new(HttpSettings {
             base_url: config.base_url.clone(),
             max_body_bytes: config.max_body_bytes,
@@ -56,13 +109,73 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     })
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and waits for in-flight requests.
+/// How the background tasks run.
+#[derive(Clone, Copy, Debug)]
+pub struct Background {
+    /// `None`: no background sweeper.
+    pub sweep_interval: Option<Duration>,
+    pub sweep_grace: Duration,
+}
+
+impl Background {
+    pub fn from_config(config: &Config) -> Background {
+        Background {
+            sweep_interval: config.sweep_interval,
+            sweep_grace: config.sweep_grace,
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, waits for in-flight requests and
+/// stops the background tasks.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    background: Background,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(state))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = background.sweep_interval.map(|interval| {
+        tokio::spawn(run_sweeper(
+            state.repo.clone(),
+            interval,
+            background.sweep_grace,
+            stopped,
+        ))
+    });
+    let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    let _ = stop.send(true);
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.await;
+    }
+    served
+}
+
+async fn run_sweeper(
+    repo: Arc<Repository>,
+    interval: Duration,
+    grace: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        match repo.sweep(grace).await {
+            Ok(report) if report.removed > 0 => {
+                tracing::info!(
+                    removed = report.removed,
+                    examined = report.examined,
+                    "swept unreferenced blobs"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sweep failed: {e}"),
+        }
+    }
 }

@@ -23,6 +23,15 @@ pub struct StorageArgs {
     /// An optional TOML file with any of the settings below (flags and env win over it).
     #[arg(long, env = "INTELLIHEALTH_CONFIG")]
     pub config: Option<PathBuf>,
+    /// MongoDB connection string: selects the MongoDB index store (services profile).
+    #[arg(long, env = "INTELLIHEALTH_MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+    /// Kubo RPC API address (e.g. http://127.0.0.1:5001): selects the IPFS blob store.
+    #[arg(long, env = "INTELLIHEALTH_IPFS_API")]
+    pub ipfs_api: Option<String>,
+    /// Longest wait for one call to a backend, in milliseconds (then 503).
+    #[arg(long, env = "INTELLIHEALTH_BACKEND_TIMEOUT_MS")]
+    pub backend_timeout_ms: Option<u64>,
 }
 
 /// Flags of `intellihealth serve`.
@@ -38,9 +47,12 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger gets 413).
     #[arg(long, env = "INTELLIHEALTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Longest wait for one call to a backend, in milliseconds (then 503).
-    #[arg(long, env = "INTELLIHEALTH_BACKEND_TIMEOUT_MS")]
-    pub backend_timeout_ms: Option<u64>,
+    /// Seconds between background sweeps of unreferenced blobs (0 turns the sweeper off).
+    #[arg(long, env = "INTELLIHEALTH_SWEEP_INTERVAL_SECS")]
+    pub sweep_interval_secs: Option<u64>,
+    /// How long a blob must stay unreferenced before a sweep removes it, in seconds.
+    #[arg(long, env = "INTELLIHEALTH_SWEEP_GRACE_SECS")]
+    pub sweep_grace_secs: Option<u64>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -55,6 +67,10 @@ struct FileConfig {
     backend_timeout_ms: Option<u64>,
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    mongodb_uri: Option<String>,
+    ipfs_api: Option<String>,
+    sweep_interval_secs: Option<u64>,
+    sweep_grace_secs: Option<u64>,
 }
 
 /// Where the master key comes from.
@@ -74,6 +90,49 @@ impl std::fmt::Debug for MasterKeySource {
     }
 }
 
+/// Which implementation each seam uses: the embedded one unless a service is configured.
+#[derive(Clone)]
+pub struct Backends {
+    /// `Some` selects the MongoDB index store.
+    pub mongodb_uri: Option<String>,
+    /// `Some` selects the IPFS blob store.
+    pub ipfs_api: Option<String>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field(
+                "mongodb_uri",
+                &self.mongodb_uri.as_deref().map(redact_userinfo),
+            )
+            .field("ipfs_api", &self.ipfs_api)
+            .finish()
+    }
+}
+
+impl Backends {
+    /// `embedded`, `services`, or which seams use which, for the start-up log line.
+    pub fn profile(&self) -> &'static str {
+        match (&self.mongodb_uri, &self.ipfs_api) {
+            (None, None) => "embedded",
+            (Some(_), Some(_)) => "services",
+            (Some(_), None) => "mixed (MongoDB index, local blobs)",
+            (None, Some(_)) => "mixed (embedded index, IPFS blobs)",
+        }
+    }
+}
+
+/// A connection string without its `user:password@` part, safe for logs.
+pub fn redact_userinfo(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &uri[..scheme], &uri[at + 1..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
@@ -82,11 +141,18 @@ pub struct Config {
     pub backend_timeout: Duration,
     pub data_dir: PathBuf,
     pub master_key: MasterKeySource,
+    pub backends: Backends,
+    /// `None` turns the background sweeper off.
+    pub sweep_interval: Option<Duration>,
+    pub sweep_grace: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 3_600;
+/// Far longer than any write can take between its blob put and its index commit.
+pub const DEFAULT_SWEEP_GRACE_SECS: u64 = 900;
 
 impl Config {
     /// Resolves flags/env (`args`), the optional file and the defaults into one config.
@@ -128,12 +194,40 @@ impl Config {
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             backend_timeout: Duration::from_millis(
-                args.backend_timeout_ms
+                args.storage
+                    .backend_timeout_ms
                     .or(file.backend_timeout_ms)
                     .unwrap_or(DEFAULT_BACKEND_TIMEOUT_MS),
             ),
             data_dir,
             master_key,
+            backends: Backends {
+                mongodb_uri: args
+                    .storage
+                    .mongodb_uri
+                    .clone()
+                    .or(file.mongodb_uri)
+                    .filter(|u| !u.is_empty()),
+                ipfs_api: args
+                    .storage
+                    .ipfs_api
+                    .clone()
+                    .or(file.ipfs_api)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+            },
+            sweep_interval: Some(
+                args.sweep_interval_secs
+                    .or(file.sweep_interval_secs)
+                    .unwrap_or(DEFAULT_SWEEP_INTERVAL_SECS),
+            )
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs),
+            sweep_grace: Duration::from_secs(
+                args.sweep_grace_secs
+                    .or(file.sweep_grace_secs)
+                    .unwrap_or(DEFAULT_SWEEP_GRACE_SECS),
+            ),
         })
     }
 
@@ -180,6 +274,20 @@ mod tests {
             config.backend_timeout,
             Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS)
         );
+    }
+
+    #[test]
+    fn never_shows_database_credentials() {
+        assert_eq!(
+            redact_userinfo("mongodb://user:secret@db:27017/x"),
+            "mongodb://…@db:27017/x"
+        );
+        let backends = Backends {
+            mongodb_uri: Some("mongodb://user:secret@db/x".into()),
+            ipfs_api: None,
+        };
+        assert!(!format!("{backends:?}").contains("secret"));
+        assert_eq!(backends.profile(), "mixed (MongoDB index, local blobs)");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod cpu;
 pub mod fhir;
 pub mod http;
 pub mod index;

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use intellihealth::app;
-use intellihealth::config::{Config, ServeArgs};
+use intellihealth::config::{Config, ServeArgs, StorageArgs};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,18 @@ struct Cli {
 enum Command {
     /// Run the FHIR server (embedded profile unless services are configured).
     Serve(ServeArgs),
+    /// Remove (unpin) blobs no index row references, once unreferenced for the grace period.
+    Sweep(SweepArgs),
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Seconds a blob must have been seen unreferenced before it is removed. 0 removes every
+    /// unreferenced blob now: only safe while no server is writing.
+    #[arg(long, default_value_t = intellihealth::config::DEFAULT_SWEEP_GRACE_SECS)]
+    grace_secs: u64,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +54,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Sweep(args) => sweep(args).await,
         }
     });
     match result {
@@ -55,18 +68,48 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args)?;
-    let state = app::build(&config).await.map_err(|e| e.to_string())?;
+    // Waiting for a service that is down must not make the process deaf to Ctrl-C / SIGTERM.
+    let state = tokio::select! {
+        state = app::build(&config) => state.map_err(|e| e.to_string())?,
+        () = shutdown_signal() => return Ok(()),
+    };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     // The one line on standard output: scripts and tests read the chosen port from it.
     println!("intellihealth listening on http://{address}/fhir");
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "serving FHIR R4 (embedded profile)");
-    app::serve(listener, state, shutdown_signal())
+    tracing::info!(
+        %address,
+        profile = config.backends.profile(),
+        data_dir = %config.data_dir.display(),
+        "serving FHIR R4"
+    );
+    app::serve(
+        listener,
+        state,
+        app::Background::from_config(&config),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!("stopped: in-flight requests drained, stores flushed");
+    Ok(())
+}
+
+async fn sweep(args: SweepArgs) -> Result<(), String> {
+    let config = Config::for_storage(&args.storage)?;
+    let repo = app::open_repository(&config)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!("stopped: in-flight requests drained, stores flushed");
+    let report = repo
+        .sweep(std::time::Duration::from_secs(args.grace_secs))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "examined {} blobs: {} referenced, {} unreferenced and waiting out the grace period, {} removed",
+        report.examined, report.referenced, report.waiting, report.removed
+    );
     Ok(())
 }
 

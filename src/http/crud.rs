@@ -40,7 +40,7 @@ pub async fn create(
     let resource_type = ResourceType::parse(&resource_type)?;
     let written = state
         .repo
-        .create(resource_type, &body, prefer.handling)
+        .create(resource_type, body, prefer.handling)
         .await?;
     Ok(written_response(written, negotiated, prefer, &base))
 }
@@ -71,7 +71,7 @@ pub async fn update(
     let precondition = if_match(&headers)?;
     let written = state
         .repo
-        .update(resource_type, &id, &body, precondition, prefer.handling)
+        .update(resource_type, &id, body, precondition, prefer.handling)
         .await?;
     Ok(written_response(written, negotiated, prefer, &base))
 }

@@ -7,7 +7,8 @@
 //! - `type_history`: (type, lastUpdated, id, version) → (), each type's history order;
 //! - `search`: (type, param, value, id) → (), entries of current versions only;
 //! - `cids`: CID → (), every CID a version references (the sweeper's question);
-//! - `data_keys`: owner → wrapped data key.
+//! - `data_keys`: owner → wrapped data key;
+//! - `unreferenced`: CID → when the sweeper first saw it unreferenced.
 //!
 //! Writes go through one writer thread that owns the database's write side: it takes every
 //! commit waiting, applies them in one transaction and makes that transaction durable with one
@@ -37,6 +38,7 @@ const TYPE_HISTORY: TableDefinition<(&str, i64, &str, u64), ()> =
 const SEARCH: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("search");
 const CIDS: TableDefinition<&str, ()> = TableDefinition::new("cids");
 const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
+const UNREFERENCED: TableDefinition<&str, i64> = TableDefinition::new("unreferenced");
 
 /// Most commits folded into one transaction; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -54,6 +56,12 @@ enum WriteOp {
         String,
         Vec<u8>,
         oneshot::Sender<Result<Vec<u8>, IndexError>>,
+    ),
+    /// A sweeper sighting: `Some(now)` notes it, `None` forgets it; replies the first sighting.
+    Sighting(
+        String,
+        Option<i64>,
+        oneshot::Sender<Result<i64, IndexError>>,
     ),
 }
 
@@ -80,6 +88,7 @@ impl EmbeddedIndex {
             txn.open_table(SEARCH).map_err(unavailable)?;
             txn.open_table(CIDS).map_err(unavailable)?;
             txn.open_table(DATA_KEYS).map_err(unavailable)?;
+            txn.open_table(UNREFERENCED).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -131,13 +140,14 @@ fn apply_group(db: &Database, group: Vec<WriteOp>) {
         Err(e) => return fail_all(group, &e.to_string()),
     };
     // Each op's outcome is decided inside the transaction but only reported after it is durable.
-    let mut outcomes: Vec<Result<Option<Vec<u8>>, IndexError>> = Vec::with_capacity(group.len());
+    let mut outcomes: Vec<Result<Outcome, IndexError>> = Vec::with_capacity(group.len());
     for op in &group {
         let outcome = match op {
-            WriteOp::Commit(commit, _) => apply_commit(&txn, commit).map(|()| None),
+            WriteOp::Commit(commit, _) => apply_commit(&txn, commit).map(|()| Outcome::Done),
             WriteOp::InsertKey(owner, wrapped, _) => {
-                apply_insert_key(&txn, owner, wrapped).map(Some)
+                apply_insert_key(&txn, owner, wrapped).map(Outcome::Key)
             }
+            WriteOp::Sighting(cid, now, _) => apply_sighting(&txn, cid, *now).map(Outcome::Time),
         };
         if let Err(IndexError::Unavailable(message) | IndexError::Corrupt(message)) = &outcome {
             let message = message.clone();
@@ -155,10 +165,49 @@ fn apply_group(db: &Database, group: Vec<WriteOp>) {
                 let _ = reply.send(outcome.map(|_| ()));
             }
             WriteOp::InsertKey(_, _, reply) => {
-                let _ = reply.send(outcome.map(Option::unwrap_or_default));
+                let _ = reply.send(outcome.map(Outcome::key));
+            }
+            WriteOp::Sighting(_, _, reply) => {
+                let _ = reply.send(outcome.map(Outcome::time));
             }
         }
     }
+}
+
+/// What one write op produced inside the group's transaction.
+enum Outcome {
+    Done,
+    Key(Vec<u8>),
+    Time(i64),
+}
+
+impl Outcome {
+    fn key(self) -> Vec<u8> {
+        match self {
+            Outcome::Key(key) => key,
+            _ => Vec::new(),
+        }
+    }
+
+    fn time(self) -> i64 {
+        match self {
+            Outcome::Time(time) => time,
+            _ => 0,
+        }
+    }
+}
+
+fn apply_sighting(txn: &WriteTransaction, cid: &str, now: Option<i64>) -> Result<i64, IndexError> {
+    let mut table = txn.open_table(UNREFERENCED).map_err(unavailable)?;
+    let Some(now) = now else {
+        table.remove(cid).map_err(unavailable)?;
+        return Ok(0);
+    };
+    if let Some(first) = table.get(cid).map_err(unavailable)?.map(|v| v.value()) {
+        return Ok(first);
+    }
+    table.insert(cid, now).map_err(unavailable)?;
+    Ok(now)
 }
 
 fn fail_all(group: Vec<WriteOp>, message: &str) {
@@ -168,6 +217,9 @@ fn fail_all(group: Vec<WriteOp>, message: &str) {
                 let _ = reply.send(Err(unavailable(message)));
             }
             WriteOp::InsertKey(_, _, reply) => {
+                let _ = reply.send(Err(unavailable(message)));
+            }
+            WriteOp::Sighting(_, _, reply) => {
                 let _ = reply.send(Err(unavailable(message)));
             }
         }
@@ -401,6 +453,21 @@ impl IndexStore for EmbeddedIndex {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let cids = txn.open_table(CIDS).map_err(unavailable)?;
         Ok(cids.get(cid).map_err(unavailable)?.is_some())
+    }
+
+    async fn note_unreferenced(&self, cid: &str, now: i64) -> Result<i64, IndexError> {
+        let cid = cid.to_owned();
+        self.send(|reply| WriteOp::Sighting(cid, Some(now), reply))
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?
+    }
+
+    async fn forget_unreferenced(&self, cid: &str) -> Result<(), IndexError> {
+        let cid = cid.to_owned();
+        self.send(|reply| WriteOp::Sighting(cid, None, reply))
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?
+            .map(|_| ())
     }
 
     async fn health(&self) -> Result<String, IndexError> {

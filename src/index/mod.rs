@@ -10,6 +10,7 @@
 //! The index never sees plaintext: only CIDs, keyed digests, ids and extracted search values.
 
 pub mod embedded;
+pub mod mongo;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -172,6 +173,14 @@ pub trait IndexStore: Send + Sync {
 
     /// Whether any version references `cid` (the sweeper's question).
     async fn references(&self, cid: &str) -> Result<bool, IndexError>;
+
+    /// Records that the sweeper saw `cid` unreferenced at `now` (milliseconds), keeping an
+    /// earlier sighting; returns the first sighting. Kept in the index so the grace period
+    /// holds across sweeps, restarts and replicas.
+    async fn note_unreferenced(&self, cid: &str, now: i64) -> Result<i64, IndexError>;
+
+    /// Forgets a sighting (the blob was removed, or turned out to be referenced).
+    async fn forget_unreferenced(&self, cid: &str) -> Result<(), IndexError>;
 
     /// A short description of the store and whether it answers, for `/health`.
     async fn health(&self) -> Result<String, IndexError>;

@@ -14,6 +14,7 @@
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
 mod error;
+pub mod sweep;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,11 +106,10 @@ impl Repository {
     pub async fn create(
         &self,
         resource_type: ResourceType,
-        body: &[u8],
+        body: Vec<u8>,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        let mut resource = resource::parse_body(body, resource_type, None)?;
-        let warnings = self.check(&mut resource, "placeholder", handling)?;
+        let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let id = resource::new_id();
             match self
@@ -136,13 +136,13 @@ impl Repository {
         &self,
         resource_type: ResourceType,
         id: &str,
-        body: &[u8],
+        body: Vec<u8>,
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
         resource::check_id(id)?;
-        let mut resource = resource::parse_body(body, resource_type, Some(id))?;
-        let warnings = self.check(&mut resource, id, handling)?;
+        let (mut resource, warnings) =
+            prepare(body, resource_type, Some(id.to_owned()), handling).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self
                 .bounded("index", self.index.current(resource_type.as_str(), id))
@@ -193,17 +193,6 @@ impl Repository {
         ))
     }
 
-    /// Stamps a provisional id/meta (so the validator sees a complete resource) and validates.
-    fn check(
-        &self,
-        resource: &mut Json,
-        id: &str,
-        handling: Handling,
-    ) -> Result<Vec<Issue>, RepoError> {
-        resource::stamp(resource, id, 1, now_millis());
-        validate::validate(resource, handling).map_err(|issues| FhirError::Invalid(issues).into())
-    }
-
     /// Seals and stores the version after `current`, then commits it to the index.
     async fn write_version(
         &self,
@@ -219,15 +208,16 @@ impl Repository {
         resource::stamp(resource, id, version, last_updated);
         let compartment = patient_compartment(resource_type.as_str(), id, resource);
         let key_owner = compartment.key_owner();
-        let content = resource.to_bytes();
+        let content = Arc::new(resource.to_bytes());
         let sealed = self
             .vault
             .seal(
                 &key_owner,
                 &aad_for(resource_type.as_str(), id, version),
-                &content,
+                content.clone(),
             )
             .await?;
+        let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());
         let cid = self
             .bounded("blob store", self.blobs.put(sealed.envelope))
             .await?;
@@ -386,7 +376,7 @@ impl Repository {
         let aad = aad_for(&record.resource_type, &record.id, record.version);
         let content = self
             .vault
-            .open(owner, &aad, &envelope, record.digest.as_deref())
+            .open(owner, &aad, envelope, record.digest.as_deref())
             .await?;
         Ok(ResourceVersion {
             record,
@@ -406,6 +396,24 @@ impl Repository {
             .map_err(|e| e.to_string());
         vec![("index", index), ("blob store", blobs)]
     }
+}
+
+/// Parses a body against its URL, stamps a provisional id/meta (so the validator sees a
+/// complete resource) and validates it. Returns the resource and lenient-mode warnings.
+async fn prepare(
+    body: Vec<u8>,
+    resource_type: ResourceType,
+    url_id: Option<String>,
+    handling: Handling,
+) -> Result<(Json, Vec<Issue>), RepoError> {
+    crate::cpu::run(body.len(), move || {
+        let mut resource = resource::parse_body(&body, resource_type, url_id.as_deref())?;
+        let id = url_id.as_deref().unwrap_or("provisional");
+        resource::stamp(&mut resource, id, 1, now_millis());
+        let warnings = validate::validate(&resource, handling).map_err(FhirError::Invalid)?;
+        Ok((resource, warnings))
+    })
+    .await
 }
 
 impl From<BlobError> for RepoError {

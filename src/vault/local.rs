@@ -33,13 +33,14 @@ impl LocalBlobStore {
     }
 
     fn path_of(&self, cid: &str) -> Option<PathBuf> {
-        if !looks_like_cid(cid) {
-            return None;
-        }
-        // The leading characters are the same for every CID; the tail spreads evenly.
-        let shard = &cid[cid.len() - 2..];
-        Some(self.root.join(shard).join(cid))
+        looks_like_cid(cid).then(|| shard_path(&self.root, cid))
     }
+}
+
+/// `ROOT/xx/CID`: the leading characters are the same for every CID; the tail spreads evenly.
+fn shard_path(root: &Path, cid: &str) -> PathBuf {
+    let shard = &cid[cid.len().saturating_sub(2)..];
+    root.join(shard).join(cid)
 }
 
 fn io_error(e: io::Error) -> BlobError {
@@ -49,14 +50,16 @@ fn io_error(e: io::Error) -> BlobError {
 #[async_trait]
 impl BlobStore for LocalBlobStore {
     async fn put(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
-        let cid = cid_of(&bytes);
-        let path = self
-            .path_of(&cid)
-            .ok_or_else(|| BlobError::Unavailable("computed an invalid CID".into()))?;
-        let written = tokio::task::spawn_blocking(move || write_once(&path, &bytes))
-            .await
-            .map_err(|e| BlobError::Unavailable(e.to_string()))?
-            .map_err(io_error)?;
+        let root = self.root.clone();
+        // Hashing and writing happen together off the async workers.
+        let (cid, written) = tokio::task::spawn_blocking(move || {
+            let cid = cid_of(&bytes);
+            let path = shard_path(&root, &cid);
+            write_once(&path, &bytes).map(|written| (cid, written))
+        })
+        .await
+        .map_err(|e| BlobError::Unavailable(e.to_string()))?
+        .map_err(io_error)?;
         if written {
             self.syncer.sync().await.map_err(io_error)?;
         }
@@ -67,14 +70,14 @@ impl BlobStore for LocalBlobStore {
         let path = self
             .path_of(cid)
             .ok_or_else(|| BlobError::NotFound(cid.to_owned()))?;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(BlobError::NotFound(cid.to_owned()));
-            }
-            Err(e) => return Err(io_error(e)),
-        };
-        verify(cid, bytes)
+        let cid = cid.to_owned();
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => verify(&cid, bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(cid)),
+            Err(e) => Err(io_error(e)),
+        })
+        .await
+        .map_err(|e| BlobError::Unavailable(e.to_string()))?
     }
 
     async fn remove(&self, cid: &str) -> Result<(), BlobError> {

@@ -13,6 +13,7 @@
 
 pub mod blob;
 pub mod cid;
+pub mod ipfs;
 pub mod local;
 pub mod master;
 
@@ -80,29 +81,11 @@ impl Vault {
         &self,
         owner: &str,
         aad: &str,
-        plaintext: &[u8],
+        plaintext: Arc<Vec<u8>>,
     ) -> Result<Sealed, VaultError> {
         let key = self.data_key(owner, true).await?;
-        let cipher = cipher_for(&key.0);
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let ciphertext = cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| VaultError::Tampered)?;
-        let mut envelope = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ciphertext.len());
-        envelope.extend_from_slice(MAGIC);
-        envelope.extend_from_slice(&nonce);
-        envelope.extend_from_slice(&ciphertext);
-        Ok(Sealed {
-            envelope,
-            digest: digest(&key, plaintext),
-        })
+        let aad = aad.to_owned();
+        crate::cpu::run(plaintext.len(), move || seal_with(&key, &aad, &plaintext)).await
     }
 
     /// Opens an envelope sealed by `seal` with the same owner and `aad`, and checks the content
@@ -111,28 +94,16 @@ impl Vault {
         &self,
         owner: &str,
         aad: &str,
-        envelope: &[u8],
+        envelope: Vec<u8>,
         expected_digest: Option<&str>,
     ) -> Result<Vec<u8>, VaultError> {
         let key = self.data_key(owner, false).await?;
-        if envelope.len() < MAGIC.len() + NONCE_LEN + TAG_LEN || &envelope[..4] != MAGIC {
-            return Err(VaultError::Tampered);
-        }
-        let (nonce, ciphertext) = envelope[4..].split_at(NONCE_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| VaultError::Tampered)?;
-        let plaintext = cipher_for(&key.0)
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: ciphertext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| VaultError::Tampered)?;
-        if expected_digest.is_some_and(|d| d != digest(&key, &plaintext)) {
-            return Err(VaultError::DigestMismatch);
-        }
-        Ok(plaintext)
+        let aad = aad.to_owned();
+        let expected = expected_digest.map(str::to_owned);
+        crate::cpu::run(envelope.len(), move || {
+            open_with(&key, &aad, &envelope, expected.as_deref())
+        })
+        .await
     }
 
     async fn data_key(&self, owner: &str, create: bool) -> Result<Arc<DataKey>, VaultError> {
@@ -160,6 +131,54 @@ impl Vault {
         }
         Ok(key)
     }
+}
+
+fn seal_with(key: &DataKey, aad: &str, plaintext: &[u8]) -> Result<Sealed, VaultError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let ciphertext = cipher_for(&key.0)
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| VaultError::Tampered)?;
+    let mut envelope = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ciphertext.len());
+    envelope.extend_from_slice(MAGIC);
+    envelope.extend_from_slice(&nonce);
+    envelope.extend_from_slice(&ciphertext);
+    Ok(Sealed {
+        envelope,
+        digest: digest(key, plaintext),
+    })
+}
+
+fn open_with(
+    key: &DataKey,
+    aad: &str,
+    envelope: &[u8],
+    expected_digest: Option<&str>,
+) -> Result<Vec<u8>, VaultError> {
+    if envelope.len() < MAGIC.len() + NONCE_LEN + TAG_LEN || &envelope[..4] != MAGIC {
+        return Err(VaultError::Tampered);
+    }
+    let (nonce, ciphertext) = envelope[4..].split_at(NONCE_LEN);
+    let nonce = XNonce::try_from(nonce).map_err(|_| VaultError::Tampered)?;
+    let plaintext = cipher_for(&key.0)
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: ciphertext,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| VaultError::Tampered)?;
+    if expected_digest.is_some_and(|d| d != digest(key, &plaintext)) {
+        return Err(VaultError::DigestMismatch);
+    }
+    Ok(plaintext)
 }
 
 /// The AEAD for a 32-byte key (the length is fixed by the type, so this cannot fail).
@@ -195,10 +214,18 @@ mod tests {
     async fn seals_and_opens_only_under_the_same_binding() {
         let (_dir, vault) = vault().await;
         let aad = aad_for("Patient", "a", 1);
-        let sealed = vault.seal("Patient/a", &aad, b"{\"x\":1}").await.unwrap();
+        let sealed = vault
+            .seal("Patient/a", &aad, Arc::new(b"{\"x\":1}".to_vec()))
+            .await
+            .unwrap();
         assert!(!sealed.envelope.windows(7).any(|w| w == b"{\"x\":1}"));
         let opened = vault
-            .open("Patient/a", &aad, &sealed.envelope, Some(&sealed.digest))
+            .open(
+                "Patient/a",
+                &aad,
+                sealed.envelope.clone(),
+                Some(&sealed.digest),
+            )
             .await
             .unwrap();
         assert_eq!(opened, b"{\"x\":1}");
@@ -207,24 +234,29 @@ mod tests {
         let replay = aad_for("Patient", "a", 2);
         assert!(matches!(
             vault
-                .open("Patient/a", &replay, &sealed.envelope, None)
+                .open("Patient/a", &replay, sealed.envelope.clone(), None)
                 .await,
             Err(VaultError::Tampered)
         ));
-        vault.seal("Patient/b", &aad, b"other").await.unwrap();
+        vault
+            .seal("Patient/b", &aad, Arc::new(b"other".to_vec()))
+            .await
+            .unwrap();
         assert!(matches!(
-            vault.open("Patient/b", &aad, &sealed.envelope, None).await,
+            vault
+                .open("Patient/b", &aad, sealed.envelope.clone(), None)
+                .await,
             Err(VaultError::Tampered)
         ));
         assert!(matches!(
             vault
-                .open("Patient/a", &aad, &sealed.envelope, Some("00"))
+                .open("Patient/a", &aad, sealed.envelope.clone(), Some("00"))
                 .await,
             Err(VaultError::DigestMismatch)
         ));
         assert!(matches!(
             vault
-                .open("Patient/nobody", &aad, &sealed.envelope, None)
+                .open("Patient/nobody", &aad, sealed.envelope.clone(), None)
                 .await,
             Err(VaultError::KeyDestroyed(_))
         ));
@@ -233,8 +265,14 @@ mod tests {
     #[tokio::test]
     async fn every_seal_uses_a_fresh_nonce() {
         let (_dir, vault) = vault().await;
-        let a = vault.seal("system", "x", b"same").await.unwrap();
-        let b = vault.seal("system", "x", b"same").await.unwrap();
+        let a = vault
+            .seal("system", "x", Arc::new(b"same".to_vec()))
+            .await
+            .unwrap();
+        let b = vault
+            .seal("system", "x", Arc::new(b"same".to_vec()))
+            .await
+            .unwrap();
         assert_ne!(a.envelope, b.envelope);
         assert_eq!(a.digest, b.digest);
     }

@@ -1,0 +1,462 @@
+//! The IndexStore on MongoDB (the services profile), with the same behaviour as `embedded`.
+//!
+//! Collections (created with their indexes at start, idempotently):
+//! - `versions`: one document per version, `_id` = `Type/id/version`; a unique index on
+//!   (type, id, version) makes a duplicate version impossible even with concurrent writers;
+//!   indexes on (last_updated, type, id, version) and (type, last_updated, id, version) serve
+//!   system and type history, and one on `cid` the sweeper's question.
+//! - `current`: one document per resource, `_id` = `Type/id`, holding the current version and
+//!   its search entries (a multikey index on (type, entries.param, entries.value) for search).
+//!   A commit is a compare-and-set on this document.
+//! - `data_keys`: `_id` = owner, the wrapped data key.
+//! - `unreferenced`: `_id` = CID, `first_seen`: the sweeper's sightings.
+//!
+//! A commit is one multi-document transaction (majority write concern, journaled): the CAS on
+//! `current`, the new version, and `superseded_at` on the previous one; either all of it is
+//! visible or none. Any transaction conflict is reported as `IndexError::Conflict`, which the
+//! repository retries exactly as it does a lost race on the embedded store.
+//!
+//! Must not know what the CIDs point at or how keys are wrapped.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, SearchEntry, VersionRecord,
+};
+
+const DEFAULT_DATABASE: &str = "intellihealth";
+const DUPLICATE_KEY: i32 = 11000;
+
+pub struct MongoIndex {
+    client: Client,
+    versions: Collection<VersionDoc>,
+    current: Collection<CurrentDoc>,
+    data_keys: Collection<KeyDoc>,
+    unreferenced: Collection<Document>,
+    /// Where the server is, for `/health` and logs (credentials removed).
+    description: String,
+}
+
+/// A `versions` document: the record, flattened, plus the entries it had when current.
+#[derive(Serialize, Deserialize)]
+struct VersionDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    #[serde(rename = "type")]
+    resource_type: String,
+    id: String,
+    version: i64,
+    last_updated: i64,
+    superseded_at: Option<i64>,
+    method: Method,
+    cid: Option<String>,
+    digest: Option<String>,
+    key_owner: Option<String>,
+    patients: Vec<String>,
+    entries: Vec<SearchEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CurrentDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    #[serde(rename = "type")]
+    resource_type: String,
+    id: String,
+    version: i64,
+    entries: Vec<SearchEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyDoc {
+    #[serde(rename = "_id")]
+    owner: String,
+    wrapped: bson::Binary,
+}
+
+impl VersionDoc {
+    fn from_commit(commit: &Commit) -> VersionDoc {
+        let r = &commit.record;
+        VersionDoc {
+            key: version_key(&r.resource_type, &r.id, r.version),
+            resource_type: r.resource_type.clone(),
+            id: r.id.clone(),
+            version: r.version as i64,
+            last_updated: r.last_updated,
+            superseded_at: r.superseded_at,
+            method: r.method,
+            cid: r.cid.clone(),
+            digest: r.digest.clone(),
+            key_owner: r.key_owner.clone(),
+            patients: r.patients.clone(),
+            entries: commit.entries.clone(),
+        }
+    }
+
+    fn into_record(self) -> VersionRecord {
+        VersionRecord {
+            resource_type: self.resource_type,
+            id: self.id,
+            version: self.version as u64,
+            last_updated: self.last_updated,
+            superseded_at: self.superseded_at,
+            method: self.method,
+            cid: self.cid,
+            digest: self.digest,
+            key_owner: self.key_owner,
+            patients: self.patients,
+        }
+    }
+}
+
+fn version_key(resource_type: &str, id: &str, version: u64) -> String {
+    format!("{resource_type}/{id}/{version}")
+}
+
+fn resource_key(resource_type: &str, id: &str) -> String {
+    format!("{resource_type}/{id}")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Unavailable(format!("MongoDB: {e}"))
+}
+
+/// Errors that mean "someone else got there first" rather than "the database failed".
+fn is_conflict(e: &MongoError) -> bool {
+    if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY || c.code == 112, // WriteConflict
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+fn durable() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .build()
+}
+
+impl MongoIndex {
+    /// Connects to `uri` (database from the URI, default `intellihealth`) and makes sure the
+    /// collections and indexes exist. Fails if the server does not answer within `timeout`.
+    pub async fn connect(uri: &str, timeout: Duration) -> Result<MongoIndex, IndexError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(unavailable)?;
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        options.write_concern = Some(durable());
+        options.app_name = Some("intellihealth".into());
+        let description = options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let database_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let client = Client::with_options(options).map_err(unavailable)?;
+        let db = client.database(&database_name);
+        let index = MongoIndex {
+            versions: db.collection("versions"),
+            current: db.collection("current"),
+            data_keys: db.collection("data_keys"),
+            unreferenced: db.collection("unreferenced"),
+            client,
+            description: format!("MongoDB at {description}, database {database_name}"),
+        };
+        index.create_indexes().await?;
+        Ok(index)
+    }
+
+    async fn create_indexes(&self) -> Result<(), IndexError> {
+        let unique = IndexOptions::builder().unique(true).build();
+        let versions = [
+            IndexModel::builder()
+                .keys(doc! {"type": 1, "id": 1, "version": 1})
+                .options(unique.clone())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"last_updated": 1, "type": 1, "id": 1, "version": 1})
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"type": 1, "last_updated": 1, "id": 1, "version": 1})
+                .build(),
+            IndexModel::builder().keys(doc! {"cid": 1}).build(),
+        ];
+        self.versions
+            .create_indexes(versions)
+            .await
+            .map_err(unavailable)?;
+        let current = [IndexModel::builder()
+            .keys(doc! {"type": 1, "entries.param": 1, "entries.value": 1})
+            .build()];
+        self.current
+            .create_indexes(current)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn commit_in_transaction(&self, commit: &Commit) -> Result<(), MongoError> {
+        let record = &commit.record;
+        let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().write_concern(durable()).await?;
+        let entries = bson::to_bson(&commit.entries)?;
+        let key = resource_key(rt, id);
+        match commit.replaces {
+            None => {
+                let current = CurrentDoc {
+                    key: key.clone(),
+                    resource_type: rt.to_owned(),
+                    id: id.to_owned(),
+                    version: record.version as i64,
+                    entries: commit.entries.clone(),
+                };
+                self.current
+                    .insert_one(current)
+                    .session(&mut session)
+                    .await?;
+            }
+            Some(previous) => {
+                let swapped = self
+                    .current
+                    .update_one(
+                        doc! {"_id": &key, "version": previous as i64},
+                        doc! {"$set": {"version": record.version as i64, "entries": entries}},
+                    )
+                    .session(&mut session)
+                    .await?;
+                if swapped.matched_count == 0 {
+                    let _ = session.abort_transaction().await;
+                    return Err(MongoError::custom(StaleReplaces));
+                }
+                self.versions
+                    .update_one(
+                        doc! {"_id": version_key(rt, id, previous)},
+                        doc! {"$set": {"superseded_at": record.last_updated}},
+                    )
+                    .session(&mut session)
+                    .await?;
+            }
+        }
+        self.versions
+            .insert_one(VersionDoc::from_commit(commit))
+            .session(&mut session)
+            .await?;
+        session.commit_transaction().await?;
+        Ok(())
+    }
+
+    async fn current_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<u64>, IndexError> {
+        let found = self
+            .current
+            .find_one(doc! {"_id": resource_key(resource_type, id)})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(|c| c.version as u64))
+    }
+}
+
+/// The marker error of a compare-and-set that found another version current.
+#[derive(Debug)]
+struct StaleReplaces;
+
+impl std::fmt::Display for StaleReplaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the current version is not the one replaced")
+    }
+}
+
+impl std::error::Error for StaleReplaces {}
+
+/// The history filter and sort for a query; shared by every scope.
+fn history_filter(query: &HistoryQuery) -> (Document, Document) {
+    let mut and: Vec<Document> = Vec::new();
+    let sort = match &query.scope {
+        HistoryScope::System => doc! {"last_updated": -1, "type": -1, "id": -1, "version": -1},
+        HistoryScope::Type(rt) => {
+            and.push(doc! {"type": rt});
+            doc! {"type": -1, "last_updated": -1, "id": -1, "version": -1}
+        }
+        HistoryScope::Instance { resource_type, id } => {
+            and.push(doc! {"type": resource_type, "id": id});
+            doc! {"version": -1}
+        }
+    };
+    if let Some(since) = query.since {
+        and.push(doc! {"last_updated": {"$gte": since}});
+    }
+    if let Some((start, end)) = query.at {
+        and.push(doc! {"last_updated": {"$lte": end}});
+        and.push(doc! {"$or": [{"superseded_at": Bson::Null}, {"superseded_at": {"$gt": start}}]});
+    }
+    if let Some(c) = &query.after {
+        let version = c.version as i64;
+        match &query.scope {
+            HistoryScope::Instance { .. } => and.push(doc! {"version": {"$lt": version}}),
+            _ => and.push(doc! {"$or": [
+                {"last_updated": {"$lt": c.last_updated}},
+                {"last_updated": c.last_updated, "type": {"$lt": &c.resource_type}},
+                {"last_updated": c.last_updated, "type": &c.resource_type, "id": {"$lt": &c.id}},
+                {"last_updated": c.last_updated, "type": &c.resource_type, "id": &c.id, "version": {"$lt": version}},
+            ]}),
+        }
+    }
+    let filter = if and.is_empty() {
+        Document::new()
+    } else {
+        doc! {"$and": and}
+    };
+    (filter, sort)
+}
+
+#[async_trait]
+impl IndexStore for MongoIndex {
+    async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
+        match self.commit_in_transaction(&commit).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_conflict(&e) || e.get_custom::<StaleReplaces>().is_some() => {
+                let current = self
+                    .current_version(&commit.record.resource_type, &commit.record.id)
+                    .await?;
+                Err(IndexError::Conflict { current })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRecord>, IndexError> {
+        match self.current_version(resource_type, id).await? {
+            Some(version) => self.version(resource_type, id, version).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, IndexError> {
+        let found = self
+            .versions
+            .find_one(doc! {"_id": version_key(resource_type, id, version)})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(VersionDoc::into_record))
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<VersionRecord>, IndexError> {
+        let (filter, sort) = history_filter(query);
+        let cursor = self
+            .versions
+            .find(filter)
+            .sort(sort)
+            .limit(query.limit as i64)
+            .await
+            .map_err(unavailable)?;
+        let docs: Vec<VersionDoc> = cursor.try_collect().await.map_err(unavailable)?;
+        Ok(docs.into_iter().map(VersionDoc::into_record).collect())
+    }
+
+    async fn data_key(&self, owner: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        let found = self
+            .data_keys
+            .find_one(doc! {"_id": owner})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(|k| k.wrapped.bytes))
+    }
+
+    async fn insert_data_key(&self, owner: &str, wrapped: Vec<u8>) -> Result<Vec<u8>, IndexError> {
+        let key = KeyDoc {
+            owner: owner.to_owned(),
+            wrapped: bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: wrapped.clone(),
+            },
+        };
+        match self.data_keys.insert_one(key).await {
+            Ok(_) => Ok(wrapped),
+            Err(e) if is_conflict(&e) => self
+                .data_key(owner)
+                .await?
+                .ok_or_else(|| IndexError::Corrupt(format!("the data key of {owner} vanished"))),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn references(&self, cid: &str) -> Result<bool, IndexError> {
+        let found = self
+            .versions
+            .clone_with_type::<Document>()
+            .find_one(doc! {"cid": cid})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    async fn note_unreferenced(&self, cid: &str, now: i64) -> Result<i64, IndexError> {
+        // Upsert keeps the first sighting: `$setOnInsert` never overwrites it.
+        self.unreferenced
+            .update_one(
+                doc! {"_id": cid},
+                doc! {"$setOnInsert": {"first_seen": now}},
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        let found = self
+            .unreferenced
+            .find_one(doc! {"_id": cid})
+            .await
+            .map_err(unavailable)?;
+        Ok(found
+            .and_then(|d| d.get_i64("first_seen").ok())
+            .unwrap_or(now))
+    }
+
+    async fn forget_unreferenced(&self, cid: &str) -> Result<(), IndexError> {
+        self.unreferenced
+            .delete_one(doc! {"_id": cid})
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<String, IndexError> {
+        self.client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(self.description.clone())
+    }
+}

@@ -1,0 +1,326 @@
+//! The IndexStore contract: the same cases against the embedded store (redb) and the MongoDB
+//! store, then a differential run: the same script of commits applied to both, every query
+//! answered identically.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use intellihealth::index::embedded::EmbeddedIndex;
+use intellihealth::index::mongo::MongoIndex;
+use intellihealth::index::{
+    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, SearchEntry,
+    VersionRecord,
+};
+
+fn record(rt: &str, id: &str, version: u64, last_updated: i64) -> VersionRecord {
+    VersionRecord {
+        resource_type: rt.into(),
+        id: id.into(),
+        version,
+        last_updated,
+        superseded_at: None,
+        method: if version == 1 {
+            Method::Create
+        } else {
+            Method::Update
+        },
+        cid: Some(format!("bafkreicid{id}v{version}")),
+        digest: Some(format!("digest{version}")),
+        key_owner: Some("Patient/p".into()),
+        patients: vec!["p".into()],
+    }
+}
+
+fn commit(record: VersionRecord, replaces: Option<u64>) -> Commit {
+    Commit {
+        entries: vec![SearchEntry {
+            param: "family".into(),
+            value: format!("v{}", record.version),
+        }],
+        record,
+        replaces,
+    }
+}
+
+fn instance(rt: &str, id: &str) -> HistoryQuery {
+    HistoryQuery {
+        scope: HistoryScope::Instance {
+            resource_type: rt.into(),
+            id: id.into(),
+        },
+        since: None,
+        at: None,
+        after: None,
+        limit: 100,
+    }
+}
+
+fn versions_of(records: &[VersionRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.version).collect()
+}
+
+async fn contract(store: Arc<dyn IndexStore>) {
+    let s = store.as_ref();
+    // Commit and locate.
+    s.commit(commit(record("Patient", "a", 1, 1_000), None))
+        .await
+        .unwrap();
+    let current = s.current("Patient", "a").await.unwrap().unwrap();
+    assert_eq!((current.version, current.last_updated), (1, 1_000));
+    assert!(s.current("Patient", "missing").await.unwrap().is_none());
+    assert!(s.version("Patient", "a", 2).await.unwrap().is_none());
+
+    // Uniqueness: a second version 1, or a stale `replaces`, is a conflict naming the current.
+    let again = s
+        .commit(commit(record("Patient", "a", 1, 1_001), None))
+        .await;
+    assert!(
+        matches!(again, Err(IndexError::Conflict { current: Some(1) })),
+        "{again:?}"
+    );
+    s.commit(commit(record("Patient", "a", 2, 2_000), Some(1)))
+        .await
+        .unwrap();
+    let stale = s
+        .commit(commit(record("Patient", "a", 2, 2_001), Some(1)))
+        .await;
+    assert!(
+        matches!(stale, Err(IndexError::Conflict { current: Some(2) })),
+        "{stale:?}"
+    );
+    let superseded = s.version("Patient", "a", 1).await.unwrap().unwrap();
+    assert_eq!(superseded.superseded_at, Some(2_000));
+
+    // Concurrent writers of the same next version: exactly one wins.
+    let racers = (0..8).map(|n| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(commit(record("Patient", "a", 3, 3_000 + n), Some(2)))
+                .await
+        }
+    });
+    let results = join_all(racers).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(IndexError::Conflict { .. })))
+    );
+
+    // A delete is a content-less version.
+    let mut deleted = record("Patient", "a", 4, 4_000);
+    deleted.method = Method::Delete;
+    deleted.cid = None;
+    s.commit(commit(deleted, Some(3))).await.unwrap();
+    assert!(s.current("Patient", "a").await.unwrap().unwrap().deleted());
+
+    // History: newest first, pages, _since, _at.
+    let all = s.history(&instance("Patient", "a")).await.unwrap();
+    assert_eq!(versions_of(&all), [4, 3, 2, 1]);
+    let first_page = s
+        .history(&HistoryQuery {
+            limit: 2,
+            ..instance("Patient", "a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions_of(&first_page), [4, 3]);
+    let second_page = s
+        .history(&HistoryQuery {
+            limit: 2,
+            after: Some(HistoryCursor::after(&first_page[1])),
+            ..instance("Patient", "a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions_of(&second_page), [2, 1]);
+    let since = s
+        .history(&HistoryQuery {
+            since: Some(2_000),
+            ..instance("Patient", "a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions_of(&since), [4, 3, 2]);
+    let at = s
+        .history(&HistoryQuery {
+            at: Some((2_500, 2_500)),
+            ..instance("Patient", "a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions_of(&at), [2], "version 2 was current at 2,500");
+
+    // Type and system history order by lastUpdated across resources.
+    s.commit(commit(record("Patient", "b", 1, 2_500), None))
+        .await
+        .unwrap();
+    s.commit(commit(record("Observation", "o", 1, 2_600), None))
+        .await
+        .unwrap();
+    let patients = s
+        .history(&HistoryQuery {
+            scope: HistoryScope::Type("Patient".into()),
+            ..instance("", "")
+        })
+        .await
+        .unwrap();
+    let order: Vec<(String, u64)> = patients.iter().map(|r| (r.id.clone(), r.version)).collect();
+    assert_eq!(
+        order,
+        [
+            ("a".into(), 4),
+            ("a".into(), 3),
+            ("b".into(), 1),
+            ("a".into(), 2),
+            ("a".into(), 1)
+        ]
+    );
+    let system = s
+        .history(&HistoryQuery {
+            scope: HistoryScope::System,
+            ..instance("", "")
+        })
+        .await
+        .unwrap();
+    assert_eq!(system.len(), 6);
+    assert_eq!(system[2].resource_type, "Observation");
+
+    // Data keys: the first one stored holds.
+    assert!(s.data_key("Patient/p").await.unwrap().is_none());
+    assert_eq!(
+        s.insert_data_key("Patient/p", vec![1, 2]).await.unwrap(),
+        [1, 2]
+    );
+    assert_eq!(
+        s.insert_data_key("Patient/p", vec![3, 4]).await.unwrap(),
+        [1, 2]
+    );
+    assert_eq!(s.data_key("Patient/p").await.unwrap().unwrap(), [1, 2]);
+
+    // The sweeper's questions.
+    assert!(s.references("bafkreicidav2").await.unwrap());
+    assert!(!s.references("bafkreinothere").await.unwrap());
+    assert_eq!(s.note_unreferenced("bafkreix", 10).await.unwrap(), 10);
+    assert_eq!(
+        s.note_unreferenced("bafkreix", 20).await.unwrap(),
+        10,
+        "the first sighting holds"
+    );
+    s.forget_unreferenced("bafkreix").await.unwrap();
+    assert_eq!(s.note_unreferenced("bafkreix", 30).await.unwrap(), 30);
+    assert!(s.health().await.is_ok());
+}
+
+async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+    (dir, store)
+}
+
+async fn mongo(tag: &str) -> Arc<dyn IndexStore> {
+    let uri = common::services::fresh_database_uri(tag);
+    Arc::new(
+        MongoIndex::connect(&uri, Duration::from_secs(10))
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_index_keeps_the_contract() {
+    let (_dir, store) = embedded().await;
+    contract(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mongodb_index_keeps_the_contract() {
+    contract(mongo("contract").await).await;
+}
+
+/// The same script on both stores; every query must be answered identically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_index_stores_answer_identically() {
+    let (_dir, embedded) = embedded().await;
+    let mongo = mongo("differential").await;
+    let mut clock = 10_000;
+    let mut next = std::collections::HashMap::<String, u64>::new();
+    for step in 0..120u64 {
+        let (rt, id) = (
+            ["Patient", "Observation", "Encounter"][(step % 3) as usize],
+            format!("r{}", step % 17),
+        );
+        let key = format!("{rt}/{id}");
+        let version = next.get(&key).copied().unwrap_or(0) + 1;
+        // Several versions share a millisecond, to exercise the tie-breaking order.
+        clock += (step % 4) as i64;
+        let mut r = record(rt, &id, version, clock);
+        if step % 11 == 10 {
+            r.method = Method::Delete;
+            r.cid = None;
+        }
+        let c = commit(r, (version > 1).then(|| version - 1));
+        embedded.commit(c.clone()).await.unwrap();
+        mongo.commit(c).await.unwrap();
+        next.insert(key, version);
+    }
+    let mut queries = Vec::new();
+    for scope in [
+        HistoryScope::System,
+        HistoryScope::Type("Observation".into()),
+        HistoryScope::Instance {
+            resource_type: "Patient".into(),
+            id: "r3".into(),
+        },
+    ] {
+        for (since, at) in [
+            (None, None),
+            (Some(10_080), None),
+            (None, Some((10_050, 10_090))),
+        ] {
+            queries.push(HistoryQuery {
+                scope: scope.clone(),
+                since,
+                at,
+                after: None,
+                limit: 7,
+            });
+        }
+    }
+    for query in queries {
+        // Page through both to the end, comparing every page.
+        let mut query = query;
+        for _ in 0..100 {
+            let a = embedded.history(&query).await.unwrap();
+            let b = mongo.history(&query).await.unwrap();
+            assert_eq!(a, b, "history differs for {query:?}");
+            match a.last() {
+                Some(last) if a.len() == query.limit => {
+                    query.after = Some(HistoryCursor::after(last))
+                }
+                _ => break,
+            }
+        }
+    }
+    for id in 0..17 {
+        for rt in ["Patient", "Observation", "Encounter"] {
+            let id = format!("r{id}");
+            assert_eq!(
+                embedded.current(rt, &id).await.unwrap(),
+                mongo.current(rt, &id).await.unwrap()
+            );
+            assert_eq!(
+                embedded.version(rt, &id, 2).await.unwrap(),
+                mongo.version(rt, &id, 2).await.unwrap()
+            );
+        }
+    }
+}
