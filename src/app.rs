@@ -70,7 +70,7 @@ pub async fn open_repository(config: &Config) -> Result<Arc<Repository>, Startup
                 .map_err(|e| StartupError::Blobs(e.to_string()))?,
         ),
     };
-    let vault = Arc::new(Vault::new(master, index.clone()));
+    let vault = Arc::new(Vault::new(master, index.clone(), timeout));
     Ok(Arc::new(Repository::new(index, blobs, vault, timeout)))
 }
 

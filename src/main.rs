@@ -20,6 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the FHIR server (embedded profile unless services are configured).
+    #[command(
+        after_help = "Also read from the environment:\n  INTELLIHEALTH_MASTER_KEY  the master key itself (64 hex digits or base64 of 32 bytes); never a flag"
+    )]
     Serve(ServeArgs),
     /// Remove (unpin) blobs no index row references, once unreferenced for the grace period.
     Sweep(SweepArgs),

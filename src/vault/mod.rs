@@ -19,6 +19,7 @@ pub mod master;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
@@ -57,6 +58,8 @@ struct DataKey(Zeroizing<[u8; 32]>);
 pub struct Vault {
     master: MasterKey,
     keys: Arc<dyn IndexStore>,
+    /// Longest wait for the key store (the index), so a hung index is a prompt error here too.
+    timeout: Duration,
     /// Unwrapped data keys by owner: unwrapping costs an AEAD open and an index read.
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
 }
@@ -68,11 +71,23 @@ pub struct Sealed {
 }
 
 impl Vault {
-    pub fn new(master: MasterKey, keys: Arc<dyn IndexStore>) -> Vault {
+    pub fn new(master: MasterKey, keys: Arc<dyn IndexStore>, timeout: Duration) -> Vault {
         Vault {
             master,
             keys,
+            timeout,
             cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// One key-store call under the timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, IndexError>>,
+    ) -> Result<T, VaultError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(VaultError::KeyStore(IndexError::Timeout(self.timeout))),
         }
     }
 
@@ -110,14 +125,15 @@ impl Vault {
         if let Some(key) = self.cache.read().ok().and_then(|c| c.get(owner).cloned()) {
             return Ok(key);
         }
-        let wrapped = match self.keys.data_key(owner).await? {
+        let wrapped = match self.bounded(self.keys.data_key(owner)).await? {
             Some(wrapped) => wrapped,
             None if create => {
                 let mut fresh = Zeroizing::new([0u8; 32]);
                 rand::rng().fill_bytes(fresh.as_mut_slice());
                 let wrapped = self.master.wrap(owner, fresh.as_slice());
                 // Another replica may have won the race: use whichever key the store kept.
-                self.keys.insert_data_key(owner, wrapped).await?
+                self.bounded(self.keys.insert_data_key(owner, wrapped))
+                    .await?
             }
             None => return Err(VaultError::KeyDestroyed(owner.to_owned())),
         };
@@ -207,7 +223,11 @@ mod tests {
     async fn vault() -> (tempfile::TempDir, Vault) {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
-        (dir, Vault::new(MasterKey::from_bytes([7; 32]), index))
+        let timeout = Duration::from_secs(5);
+        (
+            dir,
+            Vault::new(MasterKey::from_bytes([7; 32]), index, timeout),
+        )
     }
 
     #[tokio::test]

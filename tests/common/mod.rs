@@ -1,5 +1,6 @@
 //! Starting and stopping the real `intellihealth` binary for black-box tests: a temp data dir,
-//! port 0, the chosen address read from the one line it prints, and stop by PID.
+//! port 0, the chosen address read from the one line it prints, stop by PID. A profile gives
+//! the environment: none for the embedded profile, the services' addresses for the services one.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,42 @@ pub mod services;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+/// Which implementations the server under test uses.
+#[derive(Clone, Debug)]
+pub enum Profile {
+    Embedded,
+    /// MongoDB (a fresh database of its own) and IPFS, as `scripts/services` started them.
+    Services {
+        mongodb_uri: String,
+        ipfs_api: String,
+    },
+}
+
+impl Profile {
+    /// The services profile on a database no other test uses.
+    pub fn services(tag: &str) -> Profile {
+        Profile::Services {
+            mongodb_uri: services::fresh_database_uri(tag),
+            ipfs_api: services::ipfs_api(),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Profile::Embedded => Vec::new(),
+            Profile::Services {
+                mongodb_uri,
+                ipfs_api,
+            } => vec![
+                ("INTELLIHEALTH_MONGODB_URI".into(), mongodb_uri.clone()),
+                ("INTELLIHEALTH_IPFS_API".into(), ipfs_api.clone()),
+            ],
+        }
+    }
+}
 
 pub struct Server {
     child: Option<Child>,
@@ -16,10 +52,36 @@ pub struct Server {
     pub data_dir: PathBuf,
 }
 
-impl Server {
-    /// Starts `intellihealth serve` on a free port with its data in `data_dir`.
-    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_intellihealth"));
+/// A server process that may not be listening yet.
+pub struct Spawned {
+    /// Always `Some` until `ready` hands the process to a `Server`.
+    child: Option<Child>,
+    first_line: Receiver<String>,
+    data_dir: PathBuf,
+}
+
+/// The binary with a clean environment: only `env` may select services.
+pub fn command(env: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_intellihealth"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("INTELLIHEALTH_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+impl Spawned {
+    /// Starts `intellihealth serve` on a free port with its data in `data_dir`; its log goes
+    /// to `stderr` (a file) or is inherited.
+    pub fn new(
+        data_dir: &Path,
+        extra_args: &[&str],
+        profile: &Profile,
+        stderr: Option<&Path>,
+    ) -> Spawned {
+        let mut command = command(&profile.env());
         command
             .arg("serve")
             .arg("--listen")
@@ -27,40 +89,65 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // The embedded profile: nothing from the environment may select services.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("INTELLIHEALTH_") {
-                command.env_remove(name);
-            }
-        }
+            .stdout(Stdio::piped());
+        match stderr {
+            Some(path) => command.stderr(std::fs::File::create(path).expect("a log file")),
+            None => command.stderr(Stdio::inherit()),
+        };
         let mut child = command.spawn().expect("the intellihealth binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, first_line) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server prints its address within 60 s");
-        let base_url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("a listening line")
-            .to_owned();
-        assert!(
-            base_url.starts_with("http://"),
-            "unexpected first line: {line}"
-        );
-        Server {
+        Spawned {
             child: Some(child),
-            base_url,
+            first_line,
             data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// Whether the server has announced its address within `wait`.
+    pub fn ready(mut self, wait: Duration) -> Result<Server, Spawned> {
+        match self.first_line.recv_timeout(wait) {
+            Ok(line) => {
+                let base_url = line
+                    .trim()
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    base_url.starts_with("http://"),
+                    "unexpected first line: {line}"
+                );
+                Ok(Server {
+                    child: self.child.take(),
+                    base_url,
+                    data_dir: self.data_dir.clone(),
+                })
+            }
+            Err(_) => Err(self),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+}
+
+impl Server {
+    /// Starts the server on the embedded profile and waits until it listens.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with(data_dir, extra_args, &Profile::Embedded)
+    }
+
+    pub fn start_with(data_dir: &Path, extra_args: &[&str], profile: &Profile) -> Server {
+        Spawned::new(data_dir, extra_args, profile, None)
+            .ready(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server did not print its address within 60 s"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -70,10 +157,7 @@ impl Server {
     /// Sends SIGTERM and waits (at most 30 s) for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("a running server");
-        // SAFETY: signalling our own child by its PID.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        signal(child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait for the server") {
@@ -84,6 +168,14 @@ impl Server {
                 "the server did not stop within 30 s of SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or finish anything.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -97,7 +189,23 @@ impl Drop for Server {
     }
 }
 
-/// A reqwest-free HTTP client is not worth writing: tests use the conformance runner's.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to a process this test started, by its PID.
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with a PID we own; no memory is shared.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
 pub fn client(server: &Server) -> conformance_tests::client::Client {
     conformance_tests::client::Client::new(&server.base_url, None)
 }
