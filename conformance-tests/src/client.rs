@@ -113,6 +113,74 @@ impl Client {
             .body(serde_json::to_vec(body).unwrap_or_default())
     }
 
+    /// Sends only the head of a request whose declared body is `declared_length` bytes, plus
+    /// `prefix` of that body, then reads the answer: how to see a server refuse a body by its
+    /// length without first pushing the whole body at it (a client writing a body the server
+    /// will not read gets a broken pipe instead of the answer). Plain `http://` bases only.
+    pub async fn declared_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        declared_length: usize,
+        prefix: &[u8],
+    ) -> Reply {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let failed = |message: String| Reply {
+            status: StatusCode::from_u16(599).unwrap_or(StatusCode::BAD_GATEWAY),
+            headers: HeaderMap::new(),
+            body: message.into_bytes(),
+        };
+        let url = self.url(path);
+        let Some(rest) = url.strip_prefix("http://") else {
+            return failed(format!("{url}: only http:// is supported here"));
+        };
+        let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream = match tokio::net::TcpStream::connect(authority).await {
+            Ok(stream) => stream,
+            Err(e) => return failed(format!("connect {authority}: {e}")),
+        };
+        let mut head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\nContent-Length: {declared_length}\r\nConnection: close\r\n"
+        );
+        if let Some(token) = &self.bearer {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(prefix).await;
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return failed(format!("no HTTP answer: {text}"));
+        };
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':')
+                && let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                )
+            {
+                headers.insert(name, value);
+            }
+        }
+        match status {
+            Some(status) => Reply {
+                status,
+                headers,
+                body: body.as_bytes().to_vec(),
+            },
+            None => failed(format!("no status line: {head}")),
+        }
+    }
+
     /// The full URL of a path relative to the base (absolute URLs pass through).
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {

@@ -125,12 +125,13 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         format!("{expression:?}"),
     );
 
-    let oversized = vec![b' '; ctx.max_body_bytes + 1];
     let too_large = c
-        .request(reqwest::Method::POST, "Patient")
-        .header("content-type", "application/fhir+json")
-        .body(oversized)
-        .send()
+        .declared_body(
+            "Patient",
+            "application/fhir+json",
+            ctx.max_body_bytes + 1,
+            b"{\"resourceType\":",
+        )
         .await;
     report.check(
         SUITE,
