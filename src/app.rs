@@ -71,6 +71,10 @@ pub async fn open_repository(config: &Config) -> Result<Arc<Repository>, Startup
         ),
     };
     let vault = Arc::new(Vault::new(master, index.clone(), timeout));
+    vault
+        .verify_master_key()
+        .await
+        .map_err(|e| StartupError::MasterKey(e.to_string()))?;
     Ok(Arc::new(Repository::new(index, blobs, vault, timeout)))
 }
 

@@ -77,6 +77,36 @@ async fn a_restart_keeps_every_version_and_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_master_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(
+        client(&server)
+            .post_json("Patient", &patient("Keyed"))
+            .send()
+            .await
+            .status,
+        201
+    );
+    assert!(server.terminate().success());
+    let output = common::command(&[("INTELLIHEALTH_MASTER_KEY".into(), "11".repeat(32))])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "it must not serve with the wrong key"
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("master key is not the one"),
+        "it says why: {said}"
+    );
+    assert!(output.stdout.is_empty(), "it never listened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);

@@ -40,6 +40,11 @@ const TAG_LEN: usize = 16;
 /// The owner of the key for resources outside any patient compartment.
 pub const SYSTEM_OWNER: &str = "system";
 
+/// A wrapped value the index keeps so a server can tell, before it writes anything, whether its
+/// master key is the one the stored data keys were wrapped with. (Not a patient or `system`:
+/// an id cannot contain a `/` after the first.)
+const MASTER_KEY_CHECK_OWNER: &str = "intellihealth/master-key-check";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error("the data key of {0} has been destroyed; the content is unrecoverable")]
@@ -50,6 +55,12 @@ pub enum VaultError {
     DigestMismatch,
     #[error("the key store failed: {0}")]
     KeyStore(#[from] IndexError),
+    #[error(
+        "the master key is not the one this index store's data keys were wrapped with: give the \
+         server the master key the store was created with (INTELLIHEALTH_MASTER_KEY or \
+         --master-key-file); every replica must use the same one"
+    )]
+    MasterKeyMismatch,
 }
 
 /// A data key, wiped from memory when the last reference goes.
@@ -77,6 +88,24 @@ impl Vault {
             keys,
             timeout,
             cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Checks that the master key can unwrap what the index holds, recording a check value on
+    /// the first start. Run at start-up, so a wrong key stops the server before any write.
+    pub async fn verify_master_key(&self) -> Result<(), VaultError> {
+        let owner = MASTER_KEY_CHECK_OWNER;
+        let wrapped = match self.bounded(self.keys.data_key(owner)).await? {
+            Some(wrapped) => wrapped,
+            None => {
+                let check = self.master.wrap(owner, &[0u8; 32]);
+                self.bounded(self.keys.insert_data_key(owner, check))
+                    .await?
+            }
+        };
+        match self.master.unwrap(owner, &wrapped) {
+            Some(_) => Ok(()),
+            None => Err(VaultError::MasterKeyMismatch),
         }
     }
 
@@ -279,6 +308,21 @@ mod tests {
                 .open("Patient/nobody", &aad, sealed.envelope.clone(), None)
                 .await,
             Err(VaultError::KeyDestroyed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_different_master_key_is_refused_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let index: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let timeout = Duration::from_secs(5);
+        let vault = Vault::new(MasterKey::from_bytes([7; 32]), index.clone(), timeout);
+        vault.verify_master_key().await.unwrap();
+        vault.verify_master_key().await.unwrap();
+        let other = Vault::new(MasterKey::from_bytes([8; 32]), index, timeout);
+        assert!(matches!(
+            other.verify_master_key().await,
+            Err(VaultError::MasterKeyMismatch)
         ));
     }
 
