@@ -209,3 +209,44 @@ pub fn signal(pid: i32, signal: i32) {
 pub fn client(server: &Server) -> conformance_tests::client::Client {
     conformance_tests::client::Client::new(&server.base_url, None)
 }
+
+/// Large enough for the two biggest official example Bundles (about 12 MB and 19 MB).
+pub const CONFORMANCE_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Runs the black-box conformance runner, with every resource of the official examples,
+/// against the real binary on `profile`; fails listing every failed case.
+pub async fn conformance_suite_passes(profile: Profile) {
+    let examples = conformance_tests::default_examples_dir();
+    assert!(
+        examples.join("Patient-example.json").is_file(),
+        "the official examples are missing at {}: run scripts/test, which fetches npm \
+         hl7.fhir.r4.examples@4.0.1, or set FHIR_EXAMPLES_DIR",
+        examples.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let limit = CONFORMANCE_BODY_LIMIT.to_string();
+    let server = Server::start_with(dir.path(), &["--max-body-bytes", &limit], &profile);
+    let report = conformance_tests::run(&conformance_tests::Options {
+        base_url: server.base_url.clone(),
+        bearer: None,
+        examples_dir: Some(examples),
+        all_examples: true,
+        max_body_bytes: CONFORMANCE_BODY_LIMIT,
+    })
+    .await;
+    println!("{}", report.table());
+    let failures: Vec<String> = report
+        .failures()
+        .iter()
+        .map(|f| format!("{} / {}: {}", f.suite, f.name, f.detail))
+        .collect();
+    assert!(
+        report.all_passed(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        server.terminate().success(),
+        "the server exits cleanly on SIGTERM"
+    );
+}

@@ -100,17 +100,11 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
 
     // _since and _at.
     let since = &stamps[2];
-    let since_reply = c
-        .get(&format!("Patient/{id}/_history?_since={}", encode(since)))
-        .send()
-        .await;
-    let since_versions: Vec<String> = since_reply.json().unwrap_or_default()["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(entry_version)
-        .collect();
+    let since_versions = versions_at(
+        c,
+        &format!("Patient/{id}/_history?_since={}", encode(since)),
+    )
+    .await;
     report.check(
         SUITE,
         "_since keeps versions updated at or after the instant",
@@ -118,17 +112,7 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         format!("_since={since}: {since_versions:?}"),
     );
     let at = &stamps[1];
-    let at_reply = c
-        .get(&format!("Patient/{id}/_history?_at={}", encode(at)))
-        .send()
-        .await;
-    let at_versions: Vec<String> = at_reply.json().unwrap_or_default()["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(entry_version)
-        .collect();
+    let at_versions = versions_at(c, &format!("Patient/{id}/_history?_at={}", encode(at))).await;
     report.check(
         SUITE,
         "_at keeps the version current at that instant",
@@ -180,6 +164,13 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
 
 fn encode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
+}
+
+/// The version ids of the entries of one history page.
+async fn versions_at(c: &Client, path: &str) -> Vec<String> {
+    let bundle = c.get(path).send().await.json().unwrap_or_default();
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    entries.iter().map(entry_version).collect()
 }
 
 fn entry_version(entry: &Value) -> String {
