@@ -11,8 +11,8 @@ use futures::future::join_all;
 use intellihealth::index::embedded::EmbeddedIndex;
 use intellihealth::index::mongo::MongoIndex;
 use intellihealth::index::{
-    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, SearchEntry,
-    VersionRecord,
+    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, Record,
+    SearchEntry, VersionRecord,
 };
 
 fn record(rt: &str, id: &str, version: u64, last_updated: i64) -> VersionRecord {
@@ -218,6 +218,89 @@ async fn contract(store: Arc<dyn IndexStore>) {
     s.forget_unreferenced("bafkreix").await.unwrap();
     assert_eq!(s.note_unreferenced("bafkreix", 30).await.unwrap(), 30);
     assert!(s.health().await.is_ok());
+
+    // Records: put/get, insert-if-absent, expiry, single-use take, listing by kind.
+    let rec = |kind: &str, key: &str, value: &[u8], expires_at: Option<i64>| Record {
+        kind: kind.into(),
+        key: key.into(),
+        value: value.to_vec(),
+        expires_at,
+    };
+    s.put_record(rec("client", "app", b"v1", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_record("client", "app").await.unwrap().unwrap().value,
+        b"v1"
+    );
+    assert!(
+        s.get_record("user", "app").await.unwrap().is_none(),
+        "kinds are separate"
+    );
+    s.put_record(rec("client", "app", b"v2", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_record("client", "app").await.unwrap().unwrap().value,
+        b"v2"
+    );
+    assert!(
+        !s.insert_record(rec("client", "app", b"v3", None))
+            .await
+            .unwrap(),
+        "taken"
+    );
+    assert!(
+        s.insert_record(rec("jti", "a", b"", Some(i64::MAX)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.insert_record(rec("jti", "a", b"", Some(i64::MAX)))
+            .await
+            .unwrap(),
+        "a replay"
+    );
+    s.put_record(rec("code", "old", b"x", Some(1)))
+        .await
+        .unwrap();
+    assert!(
+        s.get_record("code", "old").await.unwrap().is_none(),
+        "expired reads as absent"
+    );
+    assert!(
+        s.insert_record(rec("code", "old", b"y", None))
+            .await
+            .unwrap(),
+        "an expired slot is free"
+    );
+    s.put_record(rec("client", "other", b"o", None))
+        .await
+        .unwrap();
+    s.put_record(rec("client", "gone", b"g", Some(1)))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = s
+        .list_records("client")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["app", "other"]);
+    s.put_record(rec("code", "once", b"c", None)).await.unwrap();
+    let takers = (0..6).map(|_| {
+        let store = store.clone();
+        async move { store.take_record("code", "once").await.unwrap() }
+    });
+    let taken = join_all(takers).await;
+    assert_eq!(
+        taken.iter().filter(|t| t.is_some()).count(),
+        1,
+        "a code is used once"
+    );
+    assert!(s.get_record("code", "once").await.unwrap().is_none());
 }
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, SearchEntry,
+    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, Record, SearchEntry,
     VersionRecord,
 };
 
@@ -39,6 +39,8 @@ const SEARCH: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::n
 const CIDS: TableDefinition<&str, ()> = TableDefinition::new("cids");
 const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
 const UNREFERENCED: TableDefinition<&str, i64> = TableDefinition::new("unreferenced");
+/// (kind, key) → `Record` as JSON.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
 /// Most commits folded into one transaction; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -63,6 +65,19 @@ enum WriteOp {
         Option<i64>,
         oneshot::Sender<Result<i64, IndexError>>,
     ),
+    /// A record change; replies the live record it replaced or removed, and whether the change
+    /// was made.
+    Record(
+        RecordOp,
+        oneshot::Sender<Result<(Option<Record>, bool), IndexError>>,
+    ),
+}
+
+/// What to do with a record, decided inside the writer's transaction.
+enum RecordOp {
+    Put(Record),
+    InsertIfAbsent(Record),
+    Take { kind: String, key: String },
 }
 
 pub struct EmbeddedIndex {
@@ -89,6 +104,7 @@ impl EmbeddedIndex {
             txn.open_table(CIDS).map_err(unavailable)?;
             txn.open_table(DATA_KEYS).map_err(unavailable)?;
             txn.open_table(UNREFERENCED).map_err(unavailable)?;
+            txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -148,6 +164,7 @@ fn apply_group(db: &Database, group: Vec<WriteOp>) {
                 apply_insert_key(&txn, owner, wrapped).map(Outcome::Key)
             }
             WriteOp::Sighting(cid, now, _) => apply_sighting(&txn, cid, *now).map(Outcome::Time),
+            WriteOp::Record(op, _) => apply_record(&txn, op).map(Outcome::Record),
         };
         if let Err(IndexError::Unavailable(message) | IndexError::Corrupt(message)) = &outcome {
             let message = message.clone();
@@ -170,6 +187,9 @@ fn apply_group(db: &Database, group: Vec<WriteOp>) {
             WriteOp::Sighting(_, _, reply) => {
                 let _ = reply.send(outcome.map(Outcome::time));
             }
+            WriteOp::Record(_, reply) => {
+                let _ = reply.send(outcome.map(Outcome::record));
+            }
         }
     }
 }
@@ -179,6 +199,7 @@ enum Outcome {
     Done,
     Key(Vec<u8>),
     Time(i64),
+    Record((Option<Record>, bool)),
 }
 
 impl Outcome {
@@ -193,6 +214,50 @@ impl Outcome {
         match self {
             Outcome::Time(time) => time,
             _ => 0,
+        }
+    }
+
+    fn record(self) -> (Option<Record>, bool) {
+        match self {
+            Outcome::Record(result) => result,
+            _ => (None, false),
+        }
+    }
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Record, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
+}
+
+fn apply_record(
+    txn: &WriteTransaction,
+    op: &RecordOp,
+) -> Result<(Option<Record>, bool), IndexError> {
+    let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+    let now = crate::fhir::instant::now_millis();
+    let (kind, key) = match op {
+        RecordOp::Put(r) | RecordOp::InsertIfAbsent(r) => (r.kind.as_str(), r.key.as_str()),
+        RecordOp::Take { kind, key } => (kind.as_str(), key.as_str()),
+    };
+    let existing = table
+        .get((kind, key))
+        .map_err(unavailable)?
+        .map(|v| decode_record(v.value()))
+        .transpose()?
+        .filter(|r| r.live_at(now));
+    match op {
+        RecordOp::InsertIfAbsent(_) if existing.is_some() => Ok((existing, false)),
+        RecordOp::Put(record) | RecordOp::InsertIfAbsent(record) => {
+            let bytes = serde_json::to_vec(record).map_err(unavailable)?;
+            table
+                .insert((kind, key), bytes.as_slice())
+                .map_err(unavailable)?;
+            Ok((existing, true))
+        }
+        RecordOp::Take { .. } => {
+            table.remove((kind, key)).map_err(unavailable)?;
+            let taken = existing.is_some();
+            Ok((existing, taken))
         }
     }
 }
@@ -220,6 +285,9 @@ fn fail_all(group: Vec<WriteOp>, message: &str) {
                 let _ = reply.send(Err(unavailable(message)));
             }
             WriteOp::Sighting(_, _, reply) => {
+                let _ = reply.send(Err(unavailable(message)));
+            }
+            WriteOp::Record(_, reply) => {
                 let _ = reply.send(Err(unavailable(message)));
             }
         }
@@ -302,6 +370,12 @@ fn apply_insert_key(
 }
 
 impl EmbeddedIndex {
+    async fn record_op(&self, op: RecordOp) -> Result<(Option<Record>, bool), IndexError> {
+        self.send(|reply| WriteOp::Record(op, reply))
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?
+    }
+
     fn send<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, IndexError>>) -> WriteOp,
@@ -474,5 +548,52 @@ impl IndexStore for EmbeddedIndex {
         let txn = self.db.begin_read().map_err(unavailable)?;
         txn.open_table(CURRENT).map_err(unavailable)?;
         Ok("embedded redb".into())
+    }
+
+    async fn put_record(&self, record: Record) -> Result<(), IndexError> {
+        self.record_op(RecordOp::Put(record)).await.map(|_| ())
+    }
+
+    async fn insert_record(&self, record: Record) -> Result<bool, IndexError> {
+        self.record_op(RecordOp::InsertIfAbsent(record))
+            .await
+            .map(|(_, inserted)| inserted)
+    }
+
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let now = crate::fhir::instant::now_millis();
+        let found = table.get((kind, key)).map_err(unavailable)?;
+        Ok(found
+            .map(|v| decode_record(v.value()))
+            .transpose()?
+            .filter(|r| r.live_at(now)))
+    }
+
+    async fn take_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let op = RecordOp::Take {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+        };
+        self.record_op(op).await.map(|(taken, _)| taken)
+    }
+
+    async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let now = crate::fhir::instant::now_millis();
+        let mut out = Vec::new();
+        for row in table.range((kind, "")..).map_err(unavailable)? {
+            let (key, value) = row.map_err(unavailable)?;
+            if key.value().0 != kind {
+                break;
+            }
+            let record = decode_record(value.value())?;
+            if record.live_at(now) {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 }

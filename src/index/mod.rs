@@ -184,4 +184,37 @@ pub trait IndexStore: Send + Sync {
 
     /// A short description of the store and whether it answers, for `/health`.
     async fn health(&self) -> Result<String, IndexError>;
+
+    /// Small records of the authorization server (users, clients, codes, refresh tokens,
+    /// launch contexts, replay caches, signing keys), by kind and key. Values are opaque; a
+    /// record past `expires_at` (ms) reads as absent.
+    async fn put_record(&self, record: Record) -> Result<(), IndexError>;
+
+    /// Stores `record` only if no live record has its kind and key; returns whether it did.
+    /// The primitive of single-use things: a replayed `jti` finds its slot taken.
+    async fn insert_record(&self, record: Record) -> Result<bool, IndexError>;
+
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError>;
+
+    /// Removes and returns a live record, atomically: two callers never both get it.
+    async fn take_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError>;
+
+    /// Every live record of a kind.
+    async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError>;
+}
+
+/// One record of the authorization server's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Milliseconds since the epoch after which the record no longer exists.
+    pub expires_at: Option<i64>,
+}
+
+impl Record {
+    pub fn live_at(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
 }

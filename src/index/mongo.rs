@@ -10,6 +10,7 @@
 //!   A commit is a compare-and-set on this document.
 //! - `data_keys`: `_id` = owner, the wrapped data key.
 //! - `unreferenced`: `_id` = CID, `first_seen`: the sweeper's sightings.
+//! - `records`: `_id` = `kind|key`, the authorization server's small records.
 //!
 //! A commit is one multi-document transaction (majority write concern, journaled): the CAS on
 //! `current`, the new version, and `superseded_at` on the previous one; either all of it is
@@ -29,7 +30,8 @@ use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, SearchEntry, VersionRecord,
+    Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, Record, SearchEntry,
+    VersionRecord,
 };
 
 const DEFAULT_DATABASE: &str = "intellihealth";
@@ -41,6 +43,7 @@ pub struct MongoIndex {
     current: Collection<CurrentDoc>,
     data_keys: Collection<KeyDoc>,
     unreferenced: Collection<Document>,
+    records: Collection<RecordDoc>,
     /// Where the server is, for `/health` and logs (credentials removed).
     description: String,
 }
@@ -73,6 +76,50 @@ struct CurrentDoc {
     id: String,
     version: i64,
     entries: Vec<SearchEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    kind: String,
+    key: String,
+    value: bson::Binary,
+    expires_at: Option<i64>,
+}
+
+impl RecordDoc {
+    fn from_record(record: Record) -> RecordDoc {
+        RecordDoc {
+            id: record_id(&record.kind, &record.key),
+            kind: record.kind,
+            key: record.key,
+            value: bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: record.value,
+            },
+            expires_at: record.expires_at,
+        }
+    }
+
+    fn into_record(self) -> Record {
+        Record {
+            kind: self.kind,
+            key: self.key,
+            value: self.value.bytes,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// Kinds are the server's own constants and never contain `|`.
+fn record_id(kind: &str, key: &str) -> String {
+    format!("{kind}|{key}")
+}
+
+fn live(doc: Option<RecordDoc>) -> Option<Record> {
+    let now = crate::fhir::instant::now_millis();
+    doc.map(RecordDoc::into_record).filter(|r| r.live_at(now))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +225,7 @@ impl MongoIndex {
             current: db.collection("current"),
             data_keys: db.collection("data_keys"),
             unreferenced: db.collection("unreferenced"),
+            records: db.collection("records"),
             client,
             description: format!("MongoDB at {description}, database {database_name}"),
         };
@@ -449,6 +497,74 @@ impl IndexStore for MongoIndex {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn put_record(&self, record: Record) -> Result<(), IndexError> {
+        let doc = RecordDoc::from_record(record);
+        self.records
+            .replace_one(doc! {"_id": &doc.id}, &doc)
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn insert_record(&self, record: Record) -> Result<bool, IndexError> {
+        let doc = RecordDoc::from_record(record);
+        match self.records.insert_one(&doc).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => {
+                // Taken, unless the holder has expired: then take its place, but only if it is
+                // still that same expired holder (another writer may be doing the same).
+                let holder = self
+                    .records
+                    .find_one(doc! {"_id": &doc.id})
+                    .await
+                    .map_err(unavailable)?;
+                let now = crate::fhir::instant::now_millis();
+                match holder {
+                    Some(h) if h.expires_at.is_some_and(|at| at <= now) => {
+                        let replaced = self
+                            .records
+                            .replace_one(doc! {"_id": &doc.id, "expires_at": h.expires_at}, &doc)
+                            .await
+                            .map_err(unavailable)?;
+                        Ok(replaced.modified_count == 1)
+                    }
+                    _ => Ok(false),
+                }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let found = self
+            .records
+            .find_one(doc! {"_id": record_id(kind, key)})
+            .await
+            .map_err(unavailable)?;
+        Ok(live(found))
+    }
+
+    async fn take_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let taken = self
+            .records
+            .find_one_and_delete(doc! {"_id": record_id(kind, key)})
+            .await
+            .map_err(unavailable)?;
+        Ok(live(taken))
+    }
+
+    async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
+        let cursor = self
+            .records
+            .find(doc! {"kind": kind})
+            .sort(doc! {"key": 1})
+            .await
+            .map_err(unavailable)?;
+        let docs: Vec<RecordDoc> = cursor.try_collect().await.map_err(unavailable)?;
+        Ok(docs.into_iter().filter_map(|d| live(Some(d))).collect())
     }
 
     async fn health(&self) -> Result<String, IndexError> {
