@@ -6,6 +6,7 @@
 //! (IndexStore) and `vault::blob` (BlobStore). `config` and `app` wire them; `main` is the CLI.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod cpu;
 pub mod fhir;

@@ -106,6 +106,25 @@ impl MasterKey {
         [nonce.as_slice(), sealed.as_slice()].concat()
     }
 
+    /// Unwraps any secret made by `wrap` for the same owner (not only 32-byte data keys).
+    pub fn unwrap_bytes(&self, owner: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if wrapped.len() <= WRAP_NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = wrapped.split_at(WRAP_NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).ok()?;
+        cipher_for(&self.0)
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: wrap_aad(owner).as_bytes(),
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
+
     /// Unwraps a data key made by `wrap` for the same owner.
     pub fn unwrap(&self, owner: &str, wrapped: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
         if wrapped.len() <= WRAP_NONCE_LEN {

@@ -109,6 +109,17 @@ impl Vault {
         }
     }
 
+    /// Wraps a secret of the server's own (a token signing key) under the master key, bound to
+    /// `label`, for storage in the index.
+    pub fn wrap_secret(&self, label: &str, secret: &[u8]) -> Vec<u8> {
+        self.master.wrap(label, secret)
+    }
+
+    /// Unwraps a secret made by `wrap_secret` with the same label.
+    pub fn unwrap_secret(&self, label: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        self.master.unwrap_bytes(label, wrapped)
+    }
+
     /// One key-store call under the timeout.
     async fn bounded<T>(
         &self,

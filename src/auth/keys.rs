@@ -1,0 +1,250 @@
+//! The server's token signing keys: ES256 (P-256) key pairs, generated at first start, kept in
+//! the IndexStore's records with the private half wrapped by the master key (so every replica
+//! signs and verifies with the same keys), rotated by `intellihealth keys rotate`, and
+//! published as a JWKS. A rotated-out key stays in the JWKS, and keeps verifying, until every
+//! token it signed has expired.
+//!
+//! Must not issue or check claims: `tokens` does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::pkcs8::EncodePrivateKey;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use super::AuthError;
+use crate::fhir::instant::now_millis;
+use crate::index::{IndexStore, Record};
+use crate::vault::Vault;
+
+const KIND: &str = "signing-key";
+/// How long a retired key keeps verifying: longer than any token it signed lives.
+const RETIRED_KEY_LIFETIME_MS: i64 = 2 * super::tokens::ACCESS_TOKEN_SECONDS * 1000;
+/// Another replica (or `keys rotate`) may have changed the keys: look again this often.
+const RELOAD_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Serialize, Deserialize, Clone)]
+struct StoredKey {
+    kid: String,
+    /// PKCS#8 DER of the private key, wrapped by the master key, base64.
+    wrapped_private: String,
+    /// The public point, base64url, as a JWK has them.
+    x: String,
+    y: String,
+    created_at: i64,
+    retired_at: Option<i64>,
+}
+
+struct LoadedKey {
+    stored: StoredKey,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+struct Loaded {
+    /// Newest first.
+    keys: Vec<LoadedKey>,
+    at: Instant,
+}
+
+pub struct Keyring {
+    store: Arc<dyn IndexStore>,
+    vault: Arc<Vault>,
+    loaded: RwLock<Loaded>,
+}
+
+fn wrap_label(kid: &str) -> String {
+    format!("intellihealth/token-signing-key/{kid}")
+}
+
+impl Keyring {
+    /// Loads the keys, making the first one if there is none.
+    pub async fn open(store: Arc<dyn IndexStore>, vault: Arc<Vault>) -> Result<Keyring, AuthError> {
+        let keyring = Keyring {
+            store,
+            vault,
+            loaded: RwLock::new(Loaded {
+                keys: Vec::new(),
+                at: Instant::now(),
+            }),
+        };
+        keyring.reload().await?;
+        if keyring
+            .loaded
+            .read()
+            .await
+            .keys
+            .iter()
+            .all(|k| k.stored.retired_at.is_some())
+        {
+            keyring.create().await?;
+            keyring.reload().await?;
+        }
+        Ok(keyring)
+    }
+
+    async fn reload(&self) -> Result<(), AuthError> {
+        let records = self.store.list_records(KIND).await?;
+        let mut keys = Vec::new();
+        for record in records {
+            let stored: StoredKey = serde_json::from_slice(&record.value)
+                .map_err(|e| AuthError::InvalidToken(format!("unreadable signing key: {e}")))?;
+            let wrapped = STANDARD.decode(&stored.wrapped_private).unwrap_or_default();
+            let Some(der) = self.vault.unwrap_secret(&wrap_label(&stored.kid), &wrapped) else {
+                tracing::warn!(kid = %stored.kid, "a signing key cannot be unwrapped with this master key");
+                continue;
+            };
+            let decoding = DecodingKey::from_ec_components(&stored.x, &stored.y)
+                .map_err(|e| AuthError::InvalidToken(format!("signing key {}: {e}", stored.kid)))?;
+            keys.push(LoadedKey {
+                encoding: EncodingKey::from_ec_der(&der),
+                decoding,
+                stored,
+            });
+        }
+        keys.sort_by(|a, b| b.stored.created_at.cmp(&a.stored.created_at));
+        *self.loaded.write().await = Loaded {
+            keys,
+            at: Instant::now(),
+        };
+        Ok(())
+    }
+
+    async fn reload_if_stale(&self) -> Result<(), AuthError> {
+        if self.loaded.read().await.at.elapsed() > RELOAD_AFTER {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes and stores a new key; returns its kid.
+    async fn create(&self) -> Result<String, AuthError> {
+        let secret = loop {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            // Almost every 32-byte string is a valid scalar; retry the rare one that is not.
+            if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+                break secret;
+            }
+        };
+        let der = secret
+            .to_pkcs8_der()
+            .map_err(|e| AuthError::InvalidToken(format!("key encoding: {e}")))?;
+        let point = secret.public_key().to_encoded_point(false);
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            return Err(AuthError::InvalidToken(
+                "a P-256 point without coordinates".into(),
+            ));
+        };
+        let mut kid_bytes = [0u8; 12];
+        rand::rng().fill_bytes(&mut kid_bytes);
+        let kid = URL_SAFE_NO_PAD.encode(kid_bytes);
+        let stored = StoredKey {
+            wrapped_private: STANDARD
+                .encode(self.vault.wrap_secret(&wrap_label(&kid), der.as_bytes())),
+            x: URL_SAFE_NO_PAD.encode(x),
+            y: URL_SAFE_NO_PAD.encode(y),
+            created_at: now_millis(),
+            retired_at: None,
+            kid: kid.clone(),
+        };
+        self.put(&stored).await?;
+        tracing::info!(%kid, "made a new token signing key");
+        Ok(kid)
+    }
+
+    async fn put(&self, stored: &StoredKey) -> Result<(), AuthError> {
+        let value = serde_json::to_vec(stored).unwrap_or_default();
+        let expires_at = stored.retired_at.map(|at| at + RETIRED_KEY_LIFETIME_MS);
+        self.store
+            .put_record(Record {
+                kind: KIND.into(),
+                key: stored.kid.clone(),
+                value,
+                expires_at,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Retires the signing key(s) in use and makes a new one; returns the new kid. Tokens
+    /// signed before stay valid until they expire.
+    pub async fn rotate(&self) -> Result<String, AuthError> {
+        self.reload().await?;
+        let now = now_millis();
+        let active: Vec<StoredKey> = self
+            .loaded
+            .read()
+            .await
+            .keys
+            .iter()
+            .filter(|k| k.stored.retired_at.is_none())
+            .map(|k| k.stored.clone())
+            .collect();
+        for mut key in active {
+            key.retired_at = Some(now);
+            self.put(&key).await?;
+        }
+        let kid = self.create().await?;
+        self.reload().await?;
+        Ok(kid)
+    }
+
+    /// The key to sign with: the newest one not retired.
+    pub async fn signing_key(&self) -> Result<(String, EncodingKey), AuthError> {
+        self.reload_if_stale().await?;
+        let loaded = self.loaded.read().await;
+        loaded
+            .keys
+            .iter()
+            .find(|k| k.stored.retired_at.is_none())
+            .or_else(|| loaded.keys.first())
+            .map(|k| (k.stored.kid.clone(), k.encoding.clone()))
+            .ok_or_else(|| AuthError::InvalidToken("no signing key".into()))
+    }
+
+    /// The key that verifies tokens with `kid`, looking again once if it is not known (another
+    /// replica may have rotated).
+    pub async fn verifying_key(&self, kid: &str) -> Result<Option<DecodingKey>, AuthError> {
+        let find = |loaded: &Loaded| {
+            loaded
+                .keys
+                .iter()
+                .find(|k| k.stored.kid == kid)
+                .map(|k| k.decoding.clone())
+        };
+        if let Some(key) = find(&*self.loaded.read().await) {
+            return Ok(Some(key));
+        }
+        let recently = self.loaded.read().await.at.elapsed() < Duration::from_secs(1);
+        if !recently {
+            self.reload().await?;
+        }
+        Ok(find(&*self.loaded.read().await))
+    }
+
+    /// The public keys as a JWKS (`GET /auth/jwks`).
+    pub async fn jwks(&self) -> serde_json::Value {
+        let _ = self.reload_if_stale().await;
+        let keys: Vec<serde_json::Value> = self
+            .loaded
+            .read()
+            .await
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+                    "kid": k.stored.kid, "x": k.stored.x, "y": k.stored.y,
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}

@@ -1,0 +1,282 @@
+//! SMART on FHIR: who is asking, and what they may do.
+//!
+//! Owns the authorization server (users, clients, the authorize/token/introspect/revoke/
+//! register/launch logic in `server`), the tokens it signs (`keys`, `tokens`), the external
+//! issuers it trusts (`external`), scopes v1 and v2 (`scopes`), and the `Principal` every FHIR
+//! interaction is checked against: its scopes for the interaction and resource type, and, for
+//! `patient/` scopes, the patient compartment of the very version touched.
+//!
+//! Must not know HTTP (the pages and endpoints are `http::oauth`'s) nor where state is kept
+//! beyond the IndexStore's records; never logs a token, a secret or a password.
+
+pub mod accounts;
+pub mod external;
+pub mod keys;
+pub mod scopes;
+pub mod server;
+pub mod tokens;
+
+use crate::fhir::json::Json;
+use crate::index::IndexError;
+use crate::search::fhirpath::Node;
+use crate::search::params::Registry;
+pub use scopes::{Context, Permission, Scopes};
+
+/// The authenticated party of a request, from a verified access token.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// `sub` of the token: the user, or the client for a backend service.
+    pub subject: String,
+    pub client_id: String,
+    /// Who issued the token: this server's base URL, or a trusted external issuer.
+    pub issuer: String,
+    pub scopes: Scopes,
+    /// The launch context patient (id), which `patient/` scopes are confined to.
+    pub patient: Option<String>,
+    /// `Patient/123`, `Practitioner/abc`: the user as a FHIR resource.
+    pub fhir_user: Option<String>,
+}
+
+impl Principal {
+    /// The server acting for itself (CLI commands, background tasks): every permission.
+    pub fn internal() -> Principal {
+        Principal {
+            subject: "intellihealth".into(),
+            client_id: "intellihealth".into(),
+            issuer: "intellihealth".into(),
+            scopes: Scopes::parse("system/*.cruds"),
+            patient: None,
+            fhir_user: None,
+        }
+    }
+
+    /// Whether any scope permits `permission` on `resource_type` at all (before knowing which
+    /// resource): the 403 for an interaction the scopes do not allow.
+    pub fn check(&self, permission: Permission, resource_type: &str) -> Result<(), AuthError> {
+        if self
+            .scopes
+            .permitting(permission, resource_type)
+            .next()
+            .is_some()
+        {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "the granted scopes do not allow {} of {resource_type}",
+                describe(permission)
+            )))
+        }
+    }
+
+    /// Whether some scope permitting `permission` on `resource_type` reaches a version whose
+    /// patient compartment is `patients` and whose content is `content` (needed only when a
+    /// scope carries a query, as `patient/Observation.rs?category=laboratory` does).
+    pub fn reaches(
+        &self,
+        permission: Permission,
+        resource_type: &str,
+        patients: &[String],
+        content: Option<&Json>,
+    ) -> bool {
+        self.scopes
+            .permitting(permission, resource_type)
+            .any(|scope| {
+                let in_compartment = match scope.context {
+                    Context::Patient => self
+                        .patient
+                        .as_ref()
+                        .is_some_and(|p| patients.iter().any(|x| x == p)),
+                    Context::User | Context::System => true,
+                };
+                in_compartment
+                    && (scope.query.is_empty()
+                        || content.is_some_and(|c| matches_query(resource_type, c, &scope.query)))
+            })
+    }
+
+    /// Whether a scope with a query could restrict `permission` on `resource_type`, so the
+    /// content must be opened before deciding.
+    pub fn needs_content(&self, permission: Permission, resource_type: &str) -> bool {
+        self.scopes
+            .permitting(permission, resource_type)
+            .all(|scope| !scope.query.is_empty())
+    }
+
+    /// The patient a listing must be narrowed to: `Some` when only `patient/` scopes allow
+    /// `permission` on `resource_type`.
+    pub fn confined_to(&self, permission: Permission, resource_type: Option<&str>) -> Option<&str> {
+        let mut permitting = self.scopes.resources.iter().filter(|s| {
+            s.permissions.contains(letter(permission))
+                && resource_type.is_none_or(|t| s.resource_type.as_deref().is_none_or(|x| x == t))
+        });
+        let only_patient = permitting.all(|s| s.context == Context::Patient);
+        if only_patient {
+            // With no patient in context, confine to a patient that cannot exist.
+            Some(self.patient.as_deref().unwrap_or("\u{0}"))
+        } else {
+            None
+        }
+    }
+}
+
+fn letter(permission: Permission) -> char {
+    match permission {
+        Permission::Create => 'c',
+        Permission::Read => 'r',
+        Permission::Update => 'u',
+        Permission::Delete => 'd',
+        Permission::Search => 's',
+    }
+}
+
+fn describe(permission: Permission) -> &'static str {
+    match permission {
+        Permission::Create => "create",
+        Permission::Read => "read",
+        Permission::Update => "update",
+        Permission::Delete => "delete",
+        Permission::Search => "search or history",
+    }
+}
+
+/// Whether `resource` satisfies every `param=value` of a scope's query (token semantics:
+/// `code` or `system|code`, against codes, Codings and CodeableConcepts).
+fn matches_query(resource_type: &str, resource: &Json, query: &[(String, String)]) -> bool {
+    let registry = Registry::r4();
+    query.iter().all(|(param, value)| {
+        let Some(expression) = registry
+            .param(resource_type, param)
+            .and_then(|p| p.expression.as_ref())
+        else {
+            return false;
+        };
+        let (system, code) = match value.split_once('|') {
+            Some((system, code)) => (Some(system), code),
+            None => (None, value.as_str()),
+        };
+        expression
+            .evaluate(resource)
+            .iter()
+            .any(|node| token_matches(node, system, code))
+    })
+}
+
+fn token_matches(node: &Node<'_>, system: Option<&str>, code: &str) -> bool {
+    let coding_matches = |coding: &Json| {
+        coding.get("code").and_then(Json::as_str) == Some(code)
+            && system.is_none_or(|s| coding.get("system").and_then(Json::as_str) == Some(s))
+    };
+    match node.value {
+        Json::String(text) => system.is_none() && text == code,
+        Json::Object(_) => {
+            coding_matches(node.value)
+                || node
+                    .value
+                    .get("coding")
+                    .and_then(Json::as_array)
+                    .is_some_and(|codings| codings.iter().any(coding_matches))
+        }
+        _ => false,
+    }
+}
+
+/// Why a request is not allowed, or the authorization server refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("an access token is required (Authorization: Bearer …)")]
+    MissingToken,
+    #[error("the access token is not acceptable: {0}")]
+    InvalidToken(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// An OAuth 2.0 error of the authorization server (RFC 6749 §5.2 and friends).
+    #[error("{error}: {description}")]
+    OAuth {
+        error: &'static str,
+        description: String,
+        /// 400 for most, 401 for a client that failed to authenticate.
+        status: u16,
+    },
+    #[error("the authorization state is unavailable: {0}")]
+    Store(#[from] IndexError),
+    /// A trusted external issuer whose keys could not be fetched.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    pub fn oauth(error: &'static str, description: impl Into<String>) -> AuthError {
+        AuthError::OAuth {
+            error,
+            description: description.into(),
+            status: 400,
+        }
+    }
+
+    pub fn invalid_client(description: impl Into<String>) -> AuthError {
+        AuthError::OAuth {
+            error: "invalid_client",
+            description: description.into(),
+            status: 401,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::json;
+
+    fn principal(scopes: &str, patient: Option<&str>) -> Principal {
+        Principal {
+            subject: "s".into(),
+            client_id: "c".into(),
+            issuer: "i".into(),
+            scopes: Scopes::parse(scopes),
+            patient: patient.map(str::to_owned),
+            fhir_user: None,
+        }
+    }
+
+    #[test]
+    fn patient_scopes_reach_only_the_context_patients_compartment() {
+        let p = principal("patient/Observation.rs", Some("p1"));
+        assert!(p.reaches(Permission::Read, "Observation", &["p1".into()], None));
+        assert!(!p.reaches(Permission::Read, "Observation", &["p2".into()], None));
+        assert!(!p.reaches(Permission::Read, "Observation", &[], None));
+        assert!(p.check(Permission::Update, "Observation").is_err());
+        assert_eq!(
+            p.confined_to(Permission::Search, Some("Observation")),
+            Some("p1")
+        );
+        let u = principal("user/*.rs patient/Observation.rs", Some("p1"));
+        assert!(u.reaches(Permission::Read, "Observation", &["p2".into()], None));
+        assert_eq!(u.confined_to(Permission::Search, Some("Observation")), None);
+        let none = principal("patient/*.rs", None);
+        assert!(!none.reaches(Permission::Read, "Patient", &["p1".into()], None));
+    }
+
+    #[test]
+    fn granular_scopes_look_at_the_content() {
+        let p = principal("patient/Observation.rs?category=laboratory", Some("p1"));
+        let lab = json::parse(br#"{"resourceType":"Observation","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}]}"#).unwrap();
+        let vitals = json::parse(
+            br#"{"resourceType":"Observation","category":[{"coding":[{"code":"vital-signs"}]}]}"#,
+        )
+        .unwrap();
+        assert!(p.needs_content(Permission::Read, "Observation"));
+        assert!(p.reaches(Permission::Read, "Observation", &["p1".into()], Some(&lab)));
+        assert!(!p.reaches(
+            Permission::Read,
+            "Observation",
+            &["p1".into()],
+            Some(&vitals)
+        ));
+        assert!(!p.reaches(Permission::Read, "Observation", &["p1".into()], None));
+        let with_system = principal(
+            "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+            Some("p1"),
+        );
+        assert!(with_system.reaches(Permission::Read, "Observation", &["p1".into()], Some(&lab)));
+    }
+}
