@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::auth::accounts::Accounts;
+use crate::auth::external::External;
+use crate::auth::keys::Keyring;
+use crate::auth::server::AuthServer;
+use crate::auth::tokens::TokenService;
 use crate::config::{Config, MasterKeySource, redact_userinfo};
 use crate::fhir::instant::{format_instant, now_millis};
 use crate::http::{self, HttpSettings, HttpState};
@@ -36,10 +41,24 @@ pub enum StartupError {
     Index(String),
     #[error("blob store: {0}")]
     Blobs(String),
+    #[error("authorization server: {0}")]
+    Auth(String),
+}
+
+/// The stores of the configured profile, and the vault over them.
+pub struct Stores {
+    pub repo: Arc<Repository>,
+    pub index: Arc<dyn IndexStore>,
+    pub vault: Arc<Vault>,
 }
 
 /// Opens the stores of the configured profile (waiting for services that are not up yet).
 pub async fn open_repository(config: &Config) -> Result<Arc<Repository>, StartupError> {
+    Ok(open_stores(config).await?.repo)
+}
+
+/// Opens the stores and the vault; `build` and the CLI's account commands share it.
+pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
     let master = match &config.master_key {
         MasterKeySource::Environment(value) => MasterKey::parse(value)
             .map_err(|e| StartupError::MasterKey(format!("INTELLIHEALTH_MASTER_KEY: {e}")))?,
@@ -75,7 +94,31 @@ pub async fn open_repository(config: &Config) -> Result<Arc<Repository>, Startup
         .verify_master_key()
         .await
         .map_err(|e| StartupError::MasterKey(e.to_string()))?;
-    Ok(Arc::new(Repository::new(index, blobs, vault, timeout)))
+    let repo = Arc::new(Repository::new(
+        index.clone(),
+        blobs,
+        vault.clone(),
+        timeout,
+    ));
+    Ok(Stores { repo, index, vault })
+}
+
+/// The authorization server over the stores: accounts, signing keys, trusted issuers.
+pub async fn auth_server(config: &Config, stores: &Stores) -> Result<AuthServer, StartupError> {
+    let keyring = Keyring::open(stores.index.clone(), stores.vault.clone())
+        .await
+        .map_err(|e| StartupError::Auth(e.to_string()))?;
+    let tokens = TokenService::new(
+        Arc::new(keyring),
+        stores.index.clone(),
+        External::new(config.trusted_issuers.clone()),
+    );
+    Ok(AuthServer::new(
+        Accounts::new(stores.index.clone()),
+        tokens,
+        stores.index.clone(),
+        config.admin_token.as_ref().map(|t| t.0.clone()),
+    ))
 }
 
 /// Retries `attempt` until it succeeds, saying at each failure what is awaited and why.
@@ -103,8 +146,11 @@ where
 
 /// Builds the state the router serves.
 pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
+    let stores = open_stores(config).await?;
+    let auth = Arc::new(auth_server(config, &stores).await?);
     Ok(HttpState {
-        repo: open_repository(config).await?,
+        repo: stores.repo,
+        auth,
         settings: Arc::new(HttpSettings {
             base_url: config.base_url.clone(),
             max_body_bytes: config.max_body_bytes,

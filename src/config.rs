@@ -32,6 +32,10 @@ pub struct StorageArgs {
     /// Longest wait for one call to a backend, in milliseconds (then 503).
     #[arg(long, env = "INTELLIHEALTH_BACKEND_TIMEOUT_MS")]
     pub backend_timeout_ms: Option<u64>,
+    /// External issuers whose access tokens are accepted (comma-separated issuer URLs),
+    /// verified against the JWKS their OpenID discovery document names.
+    #[arg(long, env = "INTELLIHEALTH_TRUSTED_ISSUERS", value_delimiter = ',')]
+    pub trusted_issuers: Vec<String>,
 }
 
 /// Flags of `intellihealth serve`.
@@ -69,6 +73,7 @@ struct FileConfig {
     master_key_file: Option<PathBuf>,
     mongodb_uri: Option<String>,
     ipfs_api: Option<String>,
+    trusted_issuers: Option<Vec<String>>,
     sweep_interval_secs: Option<u64>,
     sweep_grace_secs: Option<u64>,
 }
@@ -145,6 +150,20 @@ pub struct Config {
     /// `None` turns the background sweeper off.
     pub sweep_interval: Option<Duration>,
     pub sweep_grace: Duration,
+    pub trusted_issuers: Vec<String>,
+    /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
+    /// environment only); `None` turns registration off.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// A secret that `Debug` never prints.
+#[derive(Clone)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -228,6 +247,19 @@ impl Config {
                     .or(file.sweep_grace_secs)
                     .unwrap_or(DEFAULT_SWEEP_GRACE_SECS),
             ),
+            trusted_issuers: if args.storage.trusted_issuers.is_empty() {
+                file.trusted_issuers.unwrap_or_default()
+            } else {
+                args.storage.trusted_issuers.clone()
+            }
+            .into_iter()
+            .map(|i| i.trim().trim_end_matches('/').to_owned())
+            .filter(|i| !i.is_empty())
+            .collect(),
+            admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(AdminToken),
         })
     }
 

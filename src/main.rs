@@ -26,6 +26,76 @@ enum Command {
     Serve(ServeArgs),
     /// Remove (unpin) blobs no index row references, once unreferenced for the grace period.
     Sweep(SweepArgs),
+    /// Manage users (patients and practitioners who sign in).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage the OAuth clients (SMART apps and backend services).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Manage the token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add (or replace) a user linked to a FHIR Patient or Practitioner.
+    Add {
+        #[arg(long)]
+        username: String,
+        /// A file holding the password (its first line), so it never appears in `ps`.
+        #[arg(long)]
+        password_file: std::path::PathBuf,
+        /// The user as a FHIR resource: `Patient/123` or `Practitioner/abc`.
+        #[arg(long)]
+        fhir_user: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register (or replace) a client.
+    Add {
+        #[arg(long)]
+        id: String,
+        /// A shared secret (client_secret_basic / client_secret_post).
+        #[arg(long, conflicts_with_all = ["secret_file", "jwks_file", "jwks_url", "public"])]
+        secret: Option<String>,
+        /// A file holding the shared secret (its first line).
+        #[arg(long, conflicts_with_all = ["jwks_file", "jwks_url", "public"])]
+        secret_file: Option<std::path::PathBuf>,
+        /// A JWKS file with the client's public keys (private_key_jwt, RS384/ES384).
+        #[arg(long, conflicts_with_all = ["jwks_url", "public"])]
+        jwks_file: Option<std::path::PathBuf>,
+        /// A URL where the client publishes its JWKS (private_key_jwt).
+        #[arg(long, conflicts_with = "public")]
+        jwks_url: Option<String>,
+        /// A public client: no secret, PKCE only.
+        #[arg(long)]
+        public: bool,
+        /// The scopes it may be granted, space-separated.
+        #[arg(long)]
+        scope: String,
+        /// An allowed redirect URI (exact match); repeat for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A name shown on the approval page.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Retire the signing key in use and make a new one; old tokens stay valid until expiry.
+    Rotate {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -58,6 +128,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Sweep(args) => sweep(args).await,
+            Command::Users(command) => users(command).await,
+            Command::Clients(command) => clients(command).await,
+            Command::Keys(command) => keys(command).await,
         }
     });
     match result {
@@ -113,6 +186,115 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
         "examined {} blobs: {} referenced, {} unreferenced and waiting out the grace period, {} removed",
         report.examined, report.referenced, report.waiting, report.removed
     );
+    Ok(())
+}
+
+/// The first line of a secret file, without its line ending.
+fn read_secret(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+async fn auth_for(
+    storage: &StorageArgs,
+) -> Result<intellihealth::auth::server::AuthServer, String> {
+    let config = Config::for_storage(storage)?;
+    let stores = app::open_stores(&config).await.map_err(|e| e.to_string())?;
+    app::auth_server(&config, &stores)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn users(command: UsersCommand) -> Result<(), String> {
+    let UsersCommand::Add {
+        username,
+        password_file,
+        fhir_user,
+        storage,
+    } = command;
+    let password = read_secret(&password_file)?;
+    let auth = auth_for(&storage).await?;
+    auth.accounts
+        .add_user(&username, &password, &fhir_user)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("user {username} ({fhir_user}) saved");
+    Ok(())
+}
+
+async fn clients(command: ClientsCommand) -> Result<(), String> {
+    use intellihealth::auth::accounts::{Client, ClientAuth, hash_secret};
+    let ClientsCommand::Add {
+        id,
+        secret,
+        secret_file,
+        jwks_file,
+        jwks_url,
+        public,
+        scope,
+        redirect_uris,
+        name,
+        storage,
+    } = command;
+    let secret = match (secret, secret_file) {
+        (Some(secret), _) => Some(secret),
+        (None, Some(file)) => Some(read_secret(&file)?),
+        (None, None) => None,
+    };
+    let auth = match (secret, jwks_file, jwks_url, public) {
+        (Some(secret), _, _, _) => ClientAuth::Secret {
+            hash: hash_secret(&secret),
+        },
+        (None, Some(file), _, _) => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let jwks: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            if !jwks["keys"].is_array() {
+                return Err(format!(
+                    "{} is not a JWKS (no \"keys\" array)",
+                    file.display()
+                ));
+            }
+            ClientAuth::Jwks { jwks }
+        }
+        (None, None, Some(url), _) => ClientAuth::JwksUrl { url },
+        (None, None, None, true) => ClientAuth::None,
+        (None, None, None, false) => {
+            return Err("say how the client authenticates: --secret, --secret-file, --jwks-file, --jwks-url or --public".into());
+        }
+    };
+    let client = Client {
+        client_id: id.clone(),
+        auth,
+        scope,
+        redirect_uris,
+        name,
+    };
+    auth_for(&storage)
+        .await?
+        .accounts
+        .add_client(&client)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("client {id} saved");
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> Result<(), String> {
+    let KeysCommand::Rotate { storage } = command;
+    let kid = auth_for(&storage)
+        .await?
+        .tokens
+        .keyring()
+        .rotate()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("new signing key {kid}; the previous one verifies until its tokens expire");
     Ok(())
 }
 

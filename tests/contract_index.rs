@@ -54,6 +54,7 @@ fn instance(rt: &str, id: &str) -> HistoryQuery {
         since: None,
         at: None,
         after: None,
+        patient: None,
         limit: 100,
     }
 }
@@ -193,6 +194,22 @@ async fn contract(store: Arc<dyn IndexStore>) {
         .unwrap();
     assert_eq!(system.len(), 6);
     assert_eq!(system[2].resource_type, "Observation");
+    let mut elsewhere = record("Observation", "q", 1, 2_700);
+    elsewhere.patients = vec!["someone-else".into()];
+    s.commit(commit(elsewhere, None)).await.unwrap();
+    let narrowed = s
+        .history(&HistoryQuery {
+            scope: HistoryScope::System,
+            patient: Some("p".into()),
+            ..instance("", "")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        narrowed.len(),
+        6,
+        "a patient-narrowed listing leaves other compartments out"
+    );
 
     // Data keys: the first one stored holds.
     assert!(s.data_key("Patient/p").await.unwrap().is_none());
@@ -369,13 +386,16 @@ async fn both_index_stores_answer_identically() {
             (Some(10_080), None),
             (None, Some((10_050, 10_090))),
         ] {
-            queries.push(HistoryQuery {
-                scope: scope.clone(),
-                since,
-                at,
-                after: None,
-                limit: 7,
-            });
+            for patient in [None, Some("p".to_owned())] {
+                queries.push(HistoryQuery {
+                    scope: scope.clone(),
+                    since,
+                    at,
+                    after: None,
+                    patient,
+                    limit: 7,
+                });
+            }
         }
     }
     for query in queries {

@@ -26,6 +26,9 @@ pub struct ServerFacts<'a> {
     pub software_version: &'a str,
     /// When the server started: the statement's `date`.
     pub started_at: &'a str,
+    /// The authorization server's endpoints, for the SMART `oauth-uris` extension:
+    /// (name, URL) pairs such as ("token", "http://…/auth/token").
+    pub oauth_uris: &'a [(&'a str, String)],
 }
 
 pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
@@ -62,12 +65,56 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
             "rest",
             Json::Array(vec![object([
                 ("mode", Json::str("server")),
+                ("security", security(facts)),
                 ("resource", Json::Array(resources)),
                 (
                     "interaction",
                     Json::Array(vec![object([("code", Json::str("history-system"))])]),
                 ),
             ])]),
+        ),
+    ])
+}
+
+/// `rest.security`: SMART on FHIR, with the authorization server's endpoints.
+fn security(facts: &ServerFacts<'_>) -> Json {
+    let uris = facts
+        .oauth_uris
+        .iter()
+        .map(|(name, url)| object([("url", Json::str(*name)), ("valueUri", Json::str(url))]))
+        .collect();
+    object([
+        (
+            "extension",
+            Json::Array(vec![object([
+                (
+                    "url",
+                    Json::str(
+                        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    ),
+                ),
+                ("extension", Json::Array(uris)),
+            ])]),
+        ),
+        ("cors", Json::Bool(true)),
+        (
+            "service",
+            Json::Array(vec![object([(
+                "coding",
+                Json::Array(vec![object([
+                    (
+                        "system",
+                        Json::str("http://terminology.hl7.org/CodeSystem/restful-security-service"),
+                    ),
+                    ("code", Json::str("SMART-on-FHIR")),
+                ])]),
+            )])]),
+        ),
+        (
+            "description",
+            Json::str(
+                "Every request needs a SMART on FHIR access token (App Launch 2.0, scopes v1 and v2).",
+            ),
         ),
     ])
 }
@@ -107,6 +154,7 @@ mod tests {
             base_url: "http://localhost/fhir",
             software_version: "0.1.0",
             started_at: "2024-01-01T00:00:00Z",
+            oauth_uris: &[("token", "http://localhost/auth/token".into())],
         });
         validate(&statement, Handling::Strict).expect("valid CapabilityStatement");
         let rest = &statement.get("rest").unwrap().as_array().unwrap()[0];

@@ -12,6 +12,7 @@ use super::body::FhirBody;
 use super::negotiate::{BaseUrl, Negotiated, Prefer, Return, parse_version_tag};
 use super::outcome::{ApiError, outcome_resource};
 use super::{FhirPath, HttpState};
+use crate::auth::Principal;
 use crate::fhir::Issue;
 use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
@@ -31,6 +32,7 @@ use crate::repository::{Precondition, ResourceVersion, Written};
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn create(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath(resource_type): FhirPath<String>,
     negotiated: Negotiated,
     prefer: Prefer,
@@ -40,7 +42,7 @@ pub async fn create(
     let resource_type = ResourceType::parse(&resource_type)?;
     let written = state
         .repo
-        .create(resource_type, body, prefer.handling)
+        .create(&principal, resource_type, body, prefer.handling)
         .await?;
     Ok(written_response(written, negotiated, prefer, &base))
 }
@@ -60,6 +62,7 @@ pub async fn create(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn update(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     negotiated: Negotiated,
@@ -71,7 +74,14 @@ pub async fn update(
     let precondition = if_match(&headers)?;
     let written = state
         .repo
-        .update(resource_type, &id, body, precondition, prefer.handling)
+        .update(
+            &principal,
+            resource_type,
+            &id,
+            body,
+            precondition,
+            prefer.handling,
+        )
         .await?;
     Ok(written_response(written, negotiated, prefer, &base))
 }
@@ -88,12 +98,13 @@ pub async fn update(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn read(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
-    let version = state.repo.read(resource_type, &id).await?;
+    let version = state.repo.read(&principal, resource_type, &id).await?;
     if not_modified(&headers, &version.record) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         version_headers(response.headers_mut(), &version.record);
@@ -113,6 +124,7 @@ pub async fn read(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn vread(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath((resource_type, id, version_id)): FhirPath<(String, String, String)>,
     negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
@@ -124,7 +136,10 @@ pub async fn vread(
             preview(&version_id)
         )));
     };
-    let version = state.repo.vread(resource_type, &id, version_id).await?;
+    let version = state
+        .repo
+        .vread(&principal, resource_type, &id, version_id)
+        .await?;
     Ok(resource_response(StatusCode::OK, version, negotiated))
 }
 
@@ -139,13 +154,14 @@ pub async fn vread(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn delete(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
     let deleted = state
         .repo
-        .delete(resource_type, &id, if_match(&headers)?)
+        .delete(&principal, resource_type, &id, if_match(&headers)?)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(record) = deleted {

@@ -10,6 +10,7 @@ use base64::Engine;
 use super::negotiate::{BaseUrl, Negotiated, query_pairs};
 use super::outcome::ApiError;
 use super::{FhirPath, HttpState};
+use crate::auth::Principal;
 use crate::fhir::instant::{format_instant, now_millis, period};
 use crate::fhir::json::{self, Json, object};
 use crate::fhir::resource::ResourceType;
@@ -28,12 +29,14 @@ const CURSOR_PARAM: &str = "_cursor";
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn system(
     State(state): State<HttpState>,
+    principal: Principal,
     RawQuery(query): RawQuery,
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
     respond(
         &state,
+        &principal,
         HistoryScope::System,
         "_history",
         query,
@@ -51,6 +54,7 @@ pub async fn system(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn type_level(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath(resource_type): FhirPath<String>,
     RawQuery(query): RawQuery,
     negotiated: Negotiated,
@@ -59,7 +63,7 @@ pub async fn type_level(
     let resource_type = ResourceType::parse(&resource_type)?;
     let path = format!("{resource_type}/_history");
     let scope = HistoryScope::Type(resource_type.as_str().to_owned());
-    respond(&state, scope, &path, query, negotiated, &base).await
+    respond(&state, &principal, scope, &path, query, negotiated, &base).await
 }
 
 #[utoipa::path(get, path = "/fhir/{type}/{id}/_history", tag = "history",
@@ -70,13 +74,14 @@ pub async fn type_level(
         (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
 pub async fn instance(
     State(state): State<HttpState>,
+    principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     RawQuery(query): RawQuery,
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
-    if !state.repo.exists(resource_type, &id).await? {
+    if !state.repo.exists(&principal, resource_type, &id).await? {
         return Err(crate::repository::RepoError::not_found(resource_type, &id, None).into());
     }
     let path = format!("{resource_type}/{id}/_history");
@@ -84,11 +89,12 @@ pub async fn instance(
         resource_type: resource_type.as_str().to_owned(),
         id,
     };
-    respond(&state, scope, &path, query, negotiated, &base).await
+    respond(&state, &principal, scope, &path, query, negotiated, &base).await
 }
 
 async fn respond(
     state: &HttpState,
+    principal: &Principal,
     scope: HistoryScope,
     path: &str,
     query: Option<String>,
@@ -101,10 +107,11 @@ async fn respond(
         since: params.since,
         at: params.at,
         after: params.cursor.clone(),
+        patient: None,
         // One more than a page tells whether there is a next page.
         limit: params.count + 1,
     };
-    let mut page = state.repo.history(&history_query).await?;
+    let mut page = state.repo.history(principal, &history_query).await?;
     let next_cursor = if page.len() > params.count {
         page.truncate(params.count);
         page.last().map(|v| HistoryCursor::after(&v.record))

@@ -17,10 +17,19 @@ pub async fn capability(
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Response {
+    let endpoints = crate::auth::server::Endpoints::for_base(&base.0);
+    let oauth_uris = [
+        ("authorize", endpoints.authorize),
+        ("token", endpoints.token),
+        ("register", endpoints.register),
+        ("introspect", endpoints.introspect),
+        ("revoke", endpoints.revoke),
+    ];
     let statement = capability_statement(&ServerFacts {
         base_url: &base.0,
         software_version: env!("CARGO_PKG_VERSION"),
         started_at: &state.settings.started_at,
+        oauth_uris: &oauth_uris,
     });
     let mut response = (StatusCode::OK, negotiated.render(&statement)).into_response();
     response.headers_mut().insert(

@@ -8,8 +8,10 @@ mod crud;
 mod history;
 mod metadata;
 pub mod negotiate;
+mod oauth;
 pub mod openapi;
 pub mod outcome;
+mod principal;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,12 +27,14 @@ use serde::de::DeserializeOwned;
 
 pub use outcome::ApiError;
 
+use crate::auth::server::AuthServer;
 use crate::repository::Repository;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct HttpState {
     pub repo: Arc<Repository>,
+    pub auth: Arc<AuthServer>,
     pub settings: Arc<HttpSettings>,
 }
 
@@ -60,9 +64,38 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/{type}/{id}/_history", only(get(history::instance), "GET"))
         .route("/{type}/{id}/_history/{vid}", only(get(crud::vread), "GET"))
+        .route(
+            "/.well-known/smart-configuration",
+            only(get(oauth::smart_config), "GET"),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            only(get(oauth::openid_config), "GET"),
+        )
         .fallback(unknown_route);
+    let auth = Router::new()
+        .route(
+            "/authorize",
+            only(
+                get(oauth::authorize_get).post(oauth::authorize_post),
+                "GET, POST",
+            ),
+        )
+        .route("/login", only(post(oauth::login), "POST"))
+        .route("/approve", only(post(oauth::approve), "POST"))
+        .route("/token", only(post(oauth::token), "POST"))
+        .route("/introspect", only(post(oauth::introspect), "POST"))
+        .route("/revoke", only(post(oauth::revoke), "POST"))
+        .route("/register", only(post(oauth::register), "POST"))
+        .route("/launch", only(post(oauth::launch), "POST"))
+        .route("/jwks", only(get(oauth::jwks), "GET"));
     Router::new()
         .nest("/fhir", fhir)
+        .nest("/auth", auth)
+        .route(
+            "/.well-known/smart-configuration",
+            only(get(oauth::smart_config), "GET"),
+        )
         .route("/health", only(get(metadata::health), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))
         .fallback(unknown_route)

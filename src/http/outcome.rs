@@ -15,6 +15,8 @@
 //! | body not sent as FHIR JSON              | 415    | not-supported  |
 //! | body's resourceType/id differ from URL  | 422    | business-rule  |
 //! | stored data failed an integrity check   | 500    | exception      |
+//! | no bearer token, or an invalid one      | 401    | login (+ WWW-Authenticate) |
+//! | scopes do not reach the interaction/resource | 403 | forbidden     |
 //! | a backend unavailable or too slow       | 503    | transient (+ Retry-After) |
 //!
 //! Must not log: logging of requests happens once, in the middleware, without bodies.
@@ -22,6 +24,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::AuthError;
 use crate::fhir::json::{Json, object};
 use crate::fhir::{FhirError, Issue, IssueCode};
 use crate::repository::RepoError;
@@ -46,6 +49,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl From<FhirError> for ApiError {
@@ -74,6 +79,17 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, one(IssueCode::TooCostly))
             }
             ApiError::Repo(repo) => repo_status_and_issues(repo),
+            ApiError::Auth(auth) => match auth {
+                AuthError::MissingToken | AuthError::InvalidToken(_) => {
+                    (StatusCode::UNAUTHORIZED, one(IssueCode::Login))
+                }
+                AuthError::Forbidden(_) | AuthError::OAuth { .. } => {
+                    (StatusCode::FORBIDDEN, one(IssueCode::Forbidden))
+                }
+                AuthError::Store(_) | AuthError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient))
+                }
+            },
         }
     }
 }
@@ -99,6 +115,7 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
         RepoError::PreconditionFailed { .. } => {
             (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict))
         }
+        RepoError::Forbidden(_) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden)),
         RepoError::Conflict(_) | RepoError::Index(_) => {
             (StatusCode::CONFLICT, one(IssueCode::Conflict))
         }
@@ -115,7 +132,29 @@ impl IntoResponse for ApiError {
         let mut response = outcome_response(status, &issues);
         let headers = response.headers_mut();
         match &self {
-            ApiError::Repo(RepoError::Unavailable { .. }) => {
+            ApiError::Auth(AuthError::MissingToken) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"fhir\""),
+                );
+            }
+            ApiError::Auth(AuthError::InvalidToken(why)) => {
+                let challenge = format!(
+                    "Bearer realm=\"fhir\", error=\"invalid_token\", error_description=\"{}\"",
+                    why.replace(['"', '\\'], "'")
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::Auth(AuthError::Forbidden(_)) | ApiError::Repo(RepoError::Forbidden(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"fhir\", error=\"insufficient_scope\""),
+                );
+            }
+            ApiError::Repo(RepoError::Unavailable { .. })
+            | ApiError::Auth(AuthError::Store(_) | AuthError::Unavailable(_)) => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -108,6 +108,8 @@ pub struct HistoryQuery {
     pub at: Option<(i64, i64)>,
     /// Continue strictly after this entry (the next page).
     pub after: Option<HistoryCursor>,
+    /// Only versions in this patient's compartment (a `patient/`-scoped listing).
+    pub patient: Option<String>,
     pub limit: usize,
 }
 
@@ -115,6 +117,11 @@ impl HistoryQuery {
     /// Whether `record` passes the time filters (shared by every implementation).
     pub fn admits(&self, record: &VersionRecord) -> bool {
         if self.since.is_some_and(|since| record.last_updated < since) {
+            return false;
+        }
+        if let Some(patient) = &self.patient
+            && !record.patients.iter().any(|p| p == patient)
+        {
             return false;
         }
         if let Some((start, end)) = self.at {

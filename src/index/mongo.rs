@@ -356,6 +356,9 @@ fn history_filter(query: &HistoryQuery) -> (Document, Document) {
     if let Some(since) = query.since {
         and.push(doc! {"last_updated": {"$gte": since}});
     }
+    if let Some(patient) = &query.patient {
+        and.push(doc! {"patients": patient});
+    }
     if let Some((start, end)) = query.at {
         and.push(doc! {"last_updated": {"$lte": end}});
         and.push(doc! {"$or": [{"superseded_at": Bson::Null}, {"superseded_at": {"$gt": start}}]});

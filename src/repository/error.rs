@@ -26,6 +26,9 @@ pub enum RepoError {
     PreconditionFailed { expected: u64, current: Option<u64> },
     #[error("{0}")]
     Conflict(String),
+    /// The principal's scopes do not reach this interaction or this resource.
+    #[error("{0}")]
+    Forbidden(String),
     /// A backend did not answer, or answered with an error that is not the client's fault.
     #[error("the {component} is unavailable: {detail}")]
     Unavailable {
@@ -41,6 +44,13 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    pub fn forbidden(resource_type: ResourceType, id: &str) -> RepoError {
+        RepoError::Forbidden(format!(
+            "the granted scopes do not reach {resource_type}/{}",
+            id.chars().take(64).collect::<String>()
+        ))
+    }
+
     pub fn not_found(resource_type: ResourceType, id: &str, version: Option<u64>) -> RepoError {
         RepoError::NotFound {
             resource_type: resource_type.as_str(),

@@ -14,7 +14,9 @@
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
 mod error;
+mod read;
 pub mod sweep;
+mod write;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,18 +24,15 @@ use std::time::Duration;
 
 pub use error::RepoError;
 
+use crate::auth::AuthError;
 use crate::fhir::instant::now_millis;
 use crate::fhir::json::Json;
 use crate::fhir::resource::{self, ResourceType};
 use crate::fhir::validate::{self, Handling};
 use crate::fhir::{FhirError, Issue};
-use crate::index::{Commit, HistoryQuery, IndexError, IndexStore, Method, VersionRecord};
-use crate::search::compartment::patient_compartment;
+use crate::index::{IndexStore, VersionRecord};
 use crate::vault::blob::{BlobError, BlobStore};
 use crate::vault::{Vault, VaultError, aad_for};
-
-/// How many times a write that lost a race (without `If-Match`) is retried.
-const MAX_WRITE_ATTEMPTS: usize = 8;
 
 pub struct Repository {
     index: Arc<dyn IndexStore>,
@@ -102,268 +101,6 @@ impl Repository {
         }
     }
 
-    /// `POST /Type`: a new resource with a server-assigned id.
-    pub async fn create(
-        &self,
-        resource_type: ResourceType,
-        body: Vec<u8>,
-        handling: Handling,
-    ) -> Result<Written, RepoError> {
-        let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let id = resource::new_id();
-            match self
-                .write_version(resource_type, &id, &mut resource, None, Method::Create)
-                .await
-            {
-                Ok(version) => {
-                    return Ok(Written {
-                        version,
-                        created: true,
-                        warnings,
-                    });
-                }
-                // A fresh random id already taken: astronomically unlikely, but try another.
-                Err(RepoError::Index(IndexError::Conflict { .. })) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(RepoError::Conflict("could not allocate a free id".into()))
-    }
-
-    /// `PUT /Type/id`: a new version, or the first one (update-as-create).
-    pub async fn update(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-        body: Vec<u8>,
-        precondition: Precondition,
-        handling: Handling,
-    ) -> Result<Written, RepoError> {
-        resource::check_id(id)?;
-        let (mut resource, warnings) =
-            prepare(body, resource_type, Some(id.to_owned()), handling).await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self
-                .bounded("index", self.index.current(resource_type.as_str(), id))
-                .await?;
-            let current_version = current.as_ref().map(|r| r.version);
-            if let Precondition::Version(expected) = precondition
-                && current_version != Some(expected)
-            {
-                return Err(RepoError::PreconditionFailed {
-                    expected,
-                    current: current_version,
-                });
-            }
-            let created = current.as_ref().is_none_or(VersionRecord::deleted);
-            match self
-                .write_version(
-                    resource_type,
-                    id,
-                    &mut resource,
-                    current.as_ref(),
-                    Method::Update,
-                )
-                .await
-            {
-                Ok(version) => {
-                    return Ok(Written {
-                        version,
-                        created,
-                        warnings,
-                    });
-                }
-                Err(RepoError::Index(IndexError::Conflict { .. }))
-                    if precondition == Precondition::None =>
-                {
-                    continue;
-                }
-                Err(RepoError::Index(IndexError::Conflict { current })) => {
-                    return Err(RepoError::Conflict(format!(
-                        "another update made version {} first; read it and retry",
-                        current.unwrap_or_default()
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(RepoError::Conflict(
-            "the resource is being updated concurrently; retry".into(),
-        ))
-    }
-
-    /// Seals and stores the version after `current`, then commits it to the index.
-    async fn write_version(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-        resource: &mut Json,
-        current: Option<&VersionRecord>,
-        method: Method,
-    ) -> Result<ResourceVersion, RepoError> {
-        let version = current.map_or(1, |r| r.version + 1);
-        // lastUpdated never goes backwards within a resource, whatever the clock does.
-        let last_updated = current.map_or(now_millis(), |r| now_millis().max(r.last_updated + 1));
-        resource::stamp(resource, id, version, last_updated);
-        let compartment = patient_compartment(resource_type.as_str(), id, resource);
-        let key_owner = compartment.key_owner();
-        let content = Arc::new(resource.to_bytes());
-        let sealed = self
-            .vault
-            .seal(
-                &key_owner,
-                &aad_for(resource_type.as_str(), id, version),
-                content.clone(),
-            )
-            .await?;
-        let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());
-        let cid = self
-            .bounded("blob store", self.blobs.put(sealed.envelope))
-            .await?;
-        let record = VersionRecord {
-            resource_type: resource_type.as_str().to_owned(),
-            id: id.to_owned(),
-            version,
-            last_updated,
-            superseded_at: None,
-            method,
-            cid: Some(cid),
-            digest: Some(sealed.digest),
-            key_owner: Some(key_owner),
-            patients: compartment.patients,
-        };
-        let commit = Commit {
-            record: record.clone(),
-            replaces: current.map(|r| r.version),
-            entries: Vec::new(),
-        };
-        self.bounded("index", self.index.commit(commit)).await?;
-        Ok(ResourceVersion {
-            record,
-            content: Some(content),
-        })
-    }
-
-    /// `DELETE /Type/id`: a logical delete (a new, content-less version). Deleting a deleted
-    /// resource changes nothing; returns the deleting version, or `None` if already deleted.
-    pub async fn delete(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-        precondition: Precondition,
-    ) -> Result<Option<VersionRecord>, RepoError> {
-        resource::check_id(id)?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self
-                .bounded("index", self.index.current(resource_type.as_str(), id))
-                .await?
-                .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
-            if let Precondition::Version(expected) = precondition
-                && current.version != expected
-            {
-                return Err(RepoError::PreconditionFailed {
-                    expected,
-                    current: Some(current.version),
-                });
-            }
-            if current.deleted() {
-                return Ok(None);
-            }
-            let record = VersionRecord {
-                version: current.version + 1,
-                last_updated: now_millis().max(current.last_updated + 1),
-                superseded_at: None,
-                method: Method::Delete,
-                cid: None,
-                digest: None,
-                key_owner: None,
-                ..current.clone()
-            };
-            let commit = Commit {
-                record: record.clone(),
-                replaces: Some(current.version),
-                entries: Vec::new(),
-            };
-            match self.bounded("index", self.index.commit(commit)).await {
-                Ok(()) => return Ok(Some(record)),
-                Err(RepoError::Index(IndexError::Conflict { .. }))
-                    if precondition == Precondition::None =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(RepoError::Conflict(
-            "the resource is being updated concurrently; retry".into(),
-        ))
-    }
-
-    /// `GET /Type/id`: the current version; 410 if it was deleted.
-    pub async fn read(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-    ) -> Result<ResourceVersion, RepoError> {
-        resource::check_id(id)?;
-        let record = self
-            .bounded("index", self.index.current(resource_type.as_str(), id))
-            .await?
-            .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
-        if record.deleted() {
-            return Err(RepoError::Gone(Box::new(record)));
-        }
-        self.load(record).await
-    }
-
-    /// `GET /Type/id/_history/n`: one version; 410 if that version is a delete.
-    pub async fn vread(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-        version: u64,
-    ) -> Result<ResourceVersion, RepoError> {
-        resource::check_id(id)?;
-        let record = self
-            .bounded(
-                "index",
-                self.index.version(resource_type.as_str(), id, version),
-            )
-            .await?
-            .ok_or_else(|| RepoError::not_found(resource_type, id, Some(version)))?;
-        if record.deleted() {
-            return Err(RepoError::Gone(Box::new(record)));
-        }
-        self.load(record).await
-    }
-
-    /// A page of history, with the content of every version that has some.
-    pub async fn history(&self, query: &HistoryQuery) -> Result<Vec<ResourceVersion>, RepoError> {
-        let records = self.bounded("index", self.index.history(query)).await?;
-        let mut page = Vec::with_capacity(records.len());
-        for record in records {
-            if record.deleted() {
-                page.push(ResourceVersion {
-                    record,
-                    content: None,
-                });
-            } else {
-                page.push(self.load(record).await?);
-            }
-        }
-        Ok(page)
-    }
-
-    /// Whether a resource ever existed (for instance history of an unknown id: 404).
-    pub async fn exists(&self, resource_type: ResourceType, id: &str) -> Result<bool, RepoError> {
-        resource::check_id(id)?;
-        let current = self
-            .bounded("index", self.index.current(resource_type.as_str(), id))
-            .await?;
-        Ok(current.is_some())
-    }
-
     /// Fetches, verifies and opens the content of a version.
     async fn load(&self, record: VersionRecord) -> Result<ResourceVersion, RepoError> {
         let (Some(cid), Some(owner)) = (&record.cid, &record.key_owner) else {
@@ -414,6 +151,15 @@ async fn prepare(
         Ok((resource, warnings))
     })
     .await
+}
+
+impl From<AuthError> for RepoError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Store(index) => RepoError::from(index),
+            other => RepoError::Forbidden(other.to_string()),
+        }
+    }
 }
 
 impl From<BlobError> for RepoError {

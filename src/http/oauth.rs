@@ -1,0 +1,352 @@
+//! The authorization server's HTTP face: SMART discovery, JWKS, the authorize endpoint with its
+//! login and approval pages (plain HTML forms, no JavaScript), and the token, introspection,
+//! revocation, registration and EHR-launch endpoints. OAuth errors here are OAuth's own JSON
+//! (`{"error": …, "error_description": …}`), not OperationOutcomes; responses carrying tokens
+//! are `Cache-Control: no-store`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use base64::Engine;
+
+use super::HttpState;
+use super::negotiate::BaseUrl;
+use super::principal::bearer;
+use crate::auth::server::{Begun, Endpoints, Pending, smart_configuration};
+use crate::auth::{AuthError, Principal, Scopes};
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// An OAuth error as OAuth clients expect it.
+fn oauth_error(error: AuthError) -> Response {
+    let (status, code, description) = match &error {
+        AuthError::OAuth {
+            error,
+            description,
+            status,
+        } => (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            *error,
+            description.clone(),
+        ),
+        AuthError::MissingToken | AuthError::InvalidToken(_) => {
+            (StatusCode::UNAUTHORIZED, "invalid_token", error.to_string())
+        }
+        AuthError::Forbidden(_) => (
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            error.to_string(),
+        ),
+        AuthError::Store(_) | AuthError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            error.to_string(),
+        ),
+    };
+    let mut response = json_response(
+        status,
+        &serde_json::json!({ "error": code, "error_description": description }),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"token\""),
+        );
+    }
+    response
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// `Authorization: Basic` credentials (each part form-urlencoded, RFC 6749 §2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
+pub async fn smart_config(base: BaseUrl) -> Response {
+    json_response(StatusCode::OK, &smart_configuration(&base.0))
+}
+
+pub async fn openid_config(base: BaseUrl) -> Response {
+    let endpoints = Endpoints::for_base(&base.0);
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "issuer": base.0,
+            "jwks_uri": endpoints.jwks,
+            "authorization_endpoint": endpoints.authorize,
+            "token_endpoint": endpoints.token,
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }),
+    )
+}
+
+pub async fn jwks(State(state): State<HttpState>) -> Response {
+    json_response(StatusCode::OK, &state.auth.tokens.keyring().jwks().await)
+}
+
+/// `GET /auth/authorize` (parameters in the query).
+pub async fn authorize_get(
+    State(state): State<HttpState>,
+    base: BaseUrl,
+    RawQuery(query): RawQuery,
+) -> Response {
+    authorize(&state, &base, form(query.unwrap_or_default().as_bytes())).await
+}
+
+/// `POST /auth/authorize` (parameters in the form body; SMART's `authorize-post`).
+pub async fn authorize_post(
+    State(state): State<HttpState>,
+    base: BaseUrl,
+    body: Bytes,
+) -> Response {
+    authorize(&state, &base, form(&body)).await
+}
+
+async fn authorize(state: &HttpState, base: &BaseUrl, params: HashMap<String, String>) -> Response {
+    match state.auth.begin(&base.0, &params).await {
+        Ok(Begun::Login { session, pending }) => pages::login(&session, &pending, None),
+        Ok(Begun::Refuse(why)) => pages::error(StatusCode::BAD_REQUEST, &why),
+        Ok(Begun::Redirect(to)) => Redirect::to(&to).into_response(),
+        Err(e) => pages::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// `POST /auth/login`: the login form.
+pub async fn login(State(state): State<HttpState>, body: Bytes) -> Response {
+    let fields = form(&body);
+    let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
+    let session = field("session");
+    match state
+        .auth
+        .login(session, field("username"), field("password"))
+        .await
+    {
+        Ok(Some(pending)) => pages::approve(session, &pending),
+        Ok(None) => match state.auth.pending(session).await {
+            Ok(Some(pending)) => {
+                pages::login(session, &pending, Some("Wrong username or password."))
+            }
+            _ => pages::error(
+                StatusCode::BAD_REQUEST,
+                "this sign-in has expired; start again from the app",
+            ),
+        },
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `POST /auth/approve`: the approval form; sends the browser back to the app (303).
+pub async fn approve(State(state): State<HttpState>, body: Bytes) -> Response {
+    let fields = form(&body);
+    let approve = fields.get("decision").map(String::as_str) == Some("approve");
+    let patient = fields
+        .get("patient")
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty());
+    let session = fields
+        .get("session")
+        .map(String::as_str)
+        .unwrap_or_default();
+    match state.auth.decide(session, approve, patient).await {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+pub async fn token(
+    State(state): State<HttpState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match state
+        .auth
+        .token(&base.0, &form(&body), basic_credentials(&headers))
+        .await
+    {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => oauth_error(e),
+    }
+}
+
+pub async fn introspect(
+    State(state): State<HttpState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match state
+        .auth
+        .introspect(&base.0, &form(&body), basic_credentials(&headers))
+        .await
+    {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => oauth_error(e),
+    }
+}
+
+pub async fn revoke(
+    State(state): State<HttpState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match state
+        .auth
+        .revoke(&base.0, &form(&body), basic_credentials(&headers))
+        .await
+    {
+        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({})),
+        Err(e) => oauth_error(e),
+    }
+}
+
+pub async fn register(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(metadata) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return oauth_error(AuthError::oauth(
+            "invalid_client_metadata",
+            "the body is not JSON",
+        ));
+    };
+    match state
+        .auth
+        .register(bearer(&headers).as_deref(), &metadata)
+        .await
+    {
+        Ok(client) => json_response(StatusCode::CREATED, &client),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// `POST /auth/launch` with `{"patient": "123"}`, by an EHR with its own access token.
+pub async fn launch(State(state): State<HttpState>, principal: Principal, body: Bytes) -> Response {
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let patient = request["patient"].as_str().unwrap_or_default();
+    match state.auth.create_launch(&principal, patient).await {
+        Ok(launch) => json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({ "launch": launch }),
+        ),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// The HTML pages: small, self-contained, escaped.
+mod pages {
+    use super::*;
+
+    fn escape(text: &str) -> String {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    }
+
+    fn page(status: StatusCode, title: &str, body: &str) -> Response {
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
+             <meta name=\"viewport\" content=\"width=device-width\"></head>\
+             <body style=\"font-family:sans-serif;max-width:32em;margin:2em auto\">\
+             <h1>{}</h1>{body}</body></html>",
+            escape(title),
+            escape(title)
+        );
+        let mut response = (status, Html(html)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The pages must not be framed (clickjacking of the approval button).
+        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        headers.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        );
+        response
+    }
+
+    fn app_name(pending: &Pending) -> String {
+        escape(pending.client_name.as_deref().unwrap_or(&pending.client_id))
+    }
+
+    pub fn login(session: &str, pending: &Pending, problem: Option<&str>) -> Response {
+        let problem = problem
+            .map(|p| format!("<p role=\"alert\"><strong>{}</strong></p>", escape(p)))
+            .unwrap_or_default();
+        let body = format!(
+            "<p><strong>{}</strong> asks to use your health record. Sign in to decide.</p>{problem}\
+             <form method=\"post\" action=\"/auth/login\">\
+             <input type=\"hidden\" name=\"session\" value=\"{}\">\
+             <p><label>Username <input name=\"username\" autocomplete=\"username\" required></label></p>\
+             <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+             <p><button type=\"submit\">Sign in</button></p></form>",
+            app_name(pending),
+            escape(session)
+        );
+        page(StatusCode::OK, "Sign in", &body)
+    }
+
+    pub fn approve(session: &str, pending: &Pending) -> Response {
+        let scopes: String = Scopes::parse(&pending.scope)
+            .granted
+            .iter()
+            .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+            .collect();
+        let patient = if pending.needs_patient_choice() {
+            "<p><label>Patient id <input name=\"patient\" required pattern=\"[A-Za-z0-9.\\-]{1,64}\"></label></p>".to_owned()
+        } else {
+            String::new()
+        };
+        let body = format!(
+            "<p>Signed in as <strong>{}</strong>.</p><p><strong>{}</strong> asks for:</p><ul>{scopes}</ul>\
+             <form method=\"post\" action=\"/auth/approve\">\
+             <input type=\"hidden\" name=\"session\" value=\"{}\">{patient}\
+             <p><button type=\"submit\" name=\"decision\" value=\"approve\">Allow</button> \
+             <button type=\"submit\" name=\"decision\" value=\"deny\" formnovalidate>Deny</button></p></form>",
+            escape(pending.username.as_deref().unwrap_or_default()),
+            app_name(pending),
+            escape(session)
+        );
+        page(StatusCode::OK, "Allow access?", &body)
+    }
+
+    pub fn error(status: StatusCode, why: &str) -> Response {
+        page(
+            status,
+            "Authorization refused",
+            &format!("<p>{}</p>", escape(why)),
+        )
+    }
+}

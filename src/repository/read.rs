@@ -1,0 +1,177 @@
+//! Read, vread and history, for a principal. A version's patient compartment is known from
+//! its index row, so a `patient/` scope is checked before any blob is fetched or opened; only
+//! a scope with a query (`?category=laboratory`) needs the content, and then the content is
+//! opened, checked, and withheld if it does not match. Listings are narrowed to the context
+//! patient in the index itself, then filtered entry by entry, so nothing outside the grant is
+//! ever counted or returned.
+
+use super::{RepoError, Repository, ResourceVersion};
+use crate::auth::{Permission, Principal};
+use crate::fhir::resource::{self, ResourceType};
+use crate::index::{HistoryCursor, HistoryQuery, HistoryScope, VersionRecord};
+
+impl Repository {
+    /// `GET /Type/id`: the current version; 410 if it was deleted.
+    pub async fn read(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> Result<ResourceVersion, RepoError> {
+        principal.check(Permission::Read, resource_type.as_str())?;
+        resource::check_id(id)?;
+        let record = self
+            .bounded("index", self.index.current(resource_type.as_str(), id))
+            .await?
+            .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
+        self.open_for(principal, Permission::Read, record).await
+    }
+
+    /// `GET /Type/id/_history/n`: one version; 410 if that version is a delete.
+    pub async fn vread(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+        version: u64,
+    ) -> Result<ResourceVersion, RepoError> {
+        principal.check(Permission::Read, resource_type.as_str())?;
+        resource::check_id(id)?;
+        let record = self
+            .bounded(
+                "index",
+                self.index.version(resource_type.as_str(), id, version),
+            )
+            .await?
+            .ok_or_else(|| RepoError::not_found(resource_type, id, Some(version)))?;
+        self.open_for(principal, Permission::Read, record).await
+    }
+
+    /// A version's content for `principal`, or the refusal (403, or 410 for a delete).
+    async fn open_for(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        record: VersionRecord,
+    ) -> Result<ResourceVersion, RepoError> {
+        match self.visible(principal, permission, record).await? {
+            Visible::Yes(version) => Ok(version),
+            Visible::Deleted(record) => Err(RepoError::Gone(Box::new(record))),
+            Visible::No(record) => Err(RepoError::Forbidden(format!(
+                "the granted scopes do not reach {}/{}",
+                record.resource_type, record.id
+            ))),
+        }
+    }
+
+    /// Decides whether `principal` may see `record`, opening its content only when needed.
+    async fn visible(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        record: VersionRecord,
+    ) -> Result<Visible, RepoError> {
+        let rt = record.resource_type.clone();
+        let needs_content = principal.needs_content(permission, &rt);
+        if !needs_content || record.deleted() {
+            if !principal.reaches(permission, &rt, &record.patients, None) {
+                return Ok(Visible::No(record));
+            }
+            if record.deleted() {
+                return Ok(Visible::Deleted(record));
+            }
+            return self.load(record).await.map(Visible::Yes);
+        }
+        let version = self.load(record).await?;
+        let parsed = version
+            .content
+            .as_deref()
+            .and_then(|c| crate::fhir::json::parse(c).ok());
+        if principal.reaches(permission, &rt, &version.record.patients, parsed.as_ref()) {
+            Ok(Visible::Yes(version))
+        } else {
+            Ok(Visible::No(version.record))
+        }
+    }
+
+    /// A page of history (at most `query.limit` entries the principal may see), with the content
+    /// of every version that has some.
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        query: &HistoryQuery,
+    ) -> Result<Vec<ResourceVersion>, RepoError> {
+        let (permission, resource_type) = match &query.scope {
+            HistoryScope::Instance { resource_type, .. } => {
+                (Permission::Read, Some(resource_type.as_str()))
+            }
+            HistoryScope::Type(resource_type) => (Permission::Search, Some(resource_type.as_str())),
+            HistoryScope::System => (Permission::Search, None),
+        };
+        match resource_type {
+            Some(rt) => principal.check(permission, rt)?,
+            None if principal
+                .scopes
+                .resources
+                .iter()
+                .any(|s| s.permissions.contains('s')) => {}
+            None => {
+                return Err(RepoError::Forbidden(
+                    "the granted scopes allow no search or history".into(),
+                ));
+            }
+        }
+        let mut query = query.clone();
+        query.patient = principal
+            .confined_to(permission, resource_type)
+            .map(str::to_owned);
+        let wanted = query.limit;
+        let mut page = Vec::with_capacity(wanted);
+        // Entries the principal may not see are skipped; keep reading until the page is full
+        // or the history is exhausted.
+        loop {
+            query.limit = wanted - page.len();
+            let records = self.bounded("index", self.index.history(&query)).await?;
+            let exhausted = records.len() < query.limit;
+            let last = records.last().map(HistoryCursor::after);
+            for record in records {
+                match self.visible(principal, permission, record).await? {
+                    Visible::Yes(version) => page.push(version),
+                    Visible::Deleted(record) => page.push(ResourceVersion {
+                        record,
+                        content: None,
+                    }),
+                    Visible::No(_) => {}
+                }
+            }
+            if exhausted || page.len() >= wanted || last.is_none() {
+                return Ok(page);
+            }
+            query.after = last;
+        }
+    }
+
+    /// Whether a resource ever existed, for a principal who may read its type (instance
+    /// history of an unknown id is a 404).
+    pub async fn exists(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> Result<bool, RepoError> {
+        principal.check(Permission::Read, resource_type.as_str())?;
+        resource::check_id(id)?;
+        let current = self
+            .bounded("index", self.index.current(resource_type.as_str(), id))
+            .await?;
+        Ok(current.is_some())
+    }
+}
+
+/// What a principal may see of one version.
+enum Visible {
+    Yes(ResourceVersion),
+    /// A delete the principal may know about.
+    Deleted(VersionRecord),
+    No(VersionRecord),
+}

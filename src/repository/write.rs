@@ -1,0 +1,275 @@
+//! Create, update and delete, for a principal: scope checks first, then the compartment of
+//! both the version replaced and the version written (a `patient/` scope can neither write
+//! into another patient's record nor move a resource out of its own patient's), then seal →
+//! blob put → index commit.
+
+use std::sync::Arc;
+
+use super::{Precondition, RepoError, Repository, ResourceVersion, Written, prepare};
+use crate::auth::{Permission, Principal};
+use crate::fhir::instant::now_millis;
+use crate::fhir::json::Json;
+use crate::fhir::resource::{self, ResourceType};
+use crate::fhir::validate::Handling;
+use crate::index::{Commit, IndexError, Method, VersionRecord};
+use crate::search::compartment::patient_compartment;
+use crate::vault::aad_for;
+
+/// How many times a write that lost a race (without `If-Match`) is retried.
+const MAX_WRITE_ATTEMPTS: usize = 8;
+
+impl Repository {
+    /// `POST /Type`: a new resource with a server-assigned id.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        body: Vec<u8>,
+        handling: Handling,
+    ) -> Result<Written, RepoError> {
+        principal.check(Permission::Create, resource_type.as_str())?;
+        let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let id = resource::new_id();
+            let write = Write {
+                principal,
+                permission: Permission::Create,
+                resource_type,
+                id: &id,
+                current: None,
+                method: Method::Create,
+            };
+            match self.write_version(write, &mut resource).await {
+                Ok(version) => {
+                    return Ok(Written {
+                        version,
+                        created: true,
+                        warnings,
+                    });
+                }
+                // A fresh random id already taken: astronomically unlikely, but try another.
+                Err(RepoError::Index(IndexError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RepoError::Conflict("could not allocate a free id".into()))
+    }
+
+    /// `PUT /Type/id`: a new version, or the first one (update-as-create).
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+        body: Vec<u8>,
+        precondition: Precondition,
+        handling: Handling,
+    ) -> Result<Written, RepoError> {
+        principal.check(Permission::Update, resource_type.as_str())?;
+        resource::check_id(id)?;
+        let (mut resource, warnings) =
+            prepare(body, resource_type, Some(id.to_owned()), handling).await?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self
+                .bounded("index", self.index.current(resource_type.as_str(), id))
+                .await?;
+            let current_version = current.as_ref().map(|r| r.version);
+            if let Precondition::Version(expected) = precondition
+                && current_version != Some(expected)
+            {
+                return Err(RepoError::PreconditionFailed {
+                    expected,
+                    current: current_version,
+                });
+            }
+            let created = current.as_ref().is_none_or(VersionRecord::deleted);
+            if let Some(existing) = current.as_ref().filter(|r| !r.deleted())
+                && !principal.reaches(
+                    Permission::Update,
+                    resource_type.as_str(),
+                    &existing.patients,
+                    Some(&resource),
+                )
+            {
+                return Err(RepoError::forbidden(resource_type, id));
+            }
+            let write = Write {
+                principal,
+                permission: Permission::Update,
+                resource_type,
+                id,
+                current: current.as_ref(),
+                method: Method::Update,
+            };
+            match self.write_version(write, &mut resource).await {
+                Ok(version) => {
+                    return Ok(Written {
+                        version,
+                        created,
+                        warnings,
+                    });
+                }
+                Err(RepoError::Index(IndexError::Conflict { .. }))
+                    if precondition == Precondition::None =>
+                {
+                    continue;
+                }
+                Err(RepoError::Index(IndexError::Conflict { current })) => {
+                    return Err(RepoError::Conflict(format!(
+                        "another update made version {} first; read it and retry",
+                        current.unwrap_or_default()
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RepoError::Conflict(
+            "the resource is being updated concurrently; retry".into(),
+        ))
+    }
+
+    /// Seals and stores the version after `write.current`, then commits it to the index.
+    async fn write_version(
+        &self,
+        write: Write<'_>,
+        resource: &mut Json,
+    ) -> Result<ResourceVersion, RepoError> {
+        let Write {
+            principal,
+            permission,
+            resource_type,
+            id,
+            current,
+            method,
+        } = write;
+        let version = current.map_or(1, |r| r.version + 1);
+        // lastUpdated never goes backwards within a resource, whatever the clock does.
+        let last_updated = current.map_or(now_millis(), |r| now_millis().max(r.last_updated + 1));
+        resource::stamp(resource, id, version, last_updated);
+        let compartment = patient_compartment(resource_type.as_str(), id, resource);
+        if !principal.reaches(
+            permission,
+            resource_type.as_str(),
+            &compartment.patients,
+            Some(resource),
+        ) {
+            return Err(RepoError::forbidden(resource_type, id));
+        }
+        let key_owner = compartment.key_owner();
+        let content = Arc::new(resource.to_bytes());
+        let aad = aad_for(resource_type.as_str(), id, version);
+        let sealed = self.vault.seal(&key_owner, &aad, content.clone()).await?;
+        let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());
+        let cid = self
+            .bounded("blob store", self.blobs.put(sealed.envelope))
+            .await?;
+        let record = VersionRecord {
+            resource_type: resource_type.as_str().to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated,
+            superseded_at: None,
+            method,
+            cid: Some(cid),
+            digest: Some(sealed.digest),
+            key_owner: Some(key_owner),
+            patients: compartment.patients,
+        };
+        let commit = Commit {
+            record: record.clone(),
+            replaces: current.map(|r| r.version),
+            entries: Vec::new(),
+        };
+        self.bounded("index", self.index.commit(commit)).await?;
+        Ok(ResourceVersion {
+            record,
+            content: Some(content),
+        })
+    }
+
+    /// `DELETE /Type/id`: a logical delete (a new, content-less version). Deleting a deleted
+    /// resource changes nothing; returns the deleting version, or `None` if already deleted.
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+        precondition: Precondition,
+    ) -> Result<Option<VersionRecord>, RepoError> {
+        principal.check(Permission::Delete, resource_type.as_str())?;
+        resource::check_id(id)?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self
+                .bounded("index", self.index.current(resource_type.as_str(), id))
+                .await?
+                .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
+            // A query-restricted scope needs the content to decide; open it only then.
+            let content = if principal.needs_content(Permission::Delete, resource_type.as_str())
+                && !current.deleted()
+            {
+                self.load(current.clone()).await?.content
+            } else {
+                None
+            };
+            let parsed = content
+                .as_deref()
+                .and_then(|c| crate::fhir::json::parse(c).ok());
+            if !principal.reaches(
+                Permission::Delete,
+                resource_type.as_str(),
+                &current.patients,
+                parsed.as_ref(),
+            ) {
+                return Err(RepoError::forbidden(resource_type, id));
+            }
+            if let Precondition::Version(expected) = precondition
+                && current.version != expected
+            {
+                return Err(RepoError::PreconditionFailed {
+                    expected,
+                    current: Some(current.version),
+                });
+            }
+            if current.deleted() {
+                return Ok(None);
+            }
+            let record = VersionRecord {
+                version: current.version + 1,
+                last_updated: now_millis().max(current.last_updated + 1),
+                superseded_at: None,
+                method: Method::Delete,
+                cid: None,
+                digest: None,
+                key_owner: None,
+                ..current.clone()
+            };
+            let commit = Commit {
+                record: record.clone(),
+                replaces: Some(current.version),
+                entries: Vec::new(),
+            };
+            match self.bounded("index", self.index.commit(commit)).await {
+                Ok(()) => return Ok(Some(record)),
+                Err(RepoError::Index(IndexError::Conflict { .. }))
+                    if precondition == Precondition::None =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RepoError::Conflict(
+            "the resource is being updated concurrently; retry".into(),
+        ))
+    }
+}
+
+/// One version to write, and on whose behalf.
+struct Write<'a> {
+    principal: &'a Principal,
+    permission: Permission,
+    resource_type: ResourceType,
+    id: &'a str,
+    current: Option<&'a VersionRecord>,
+    method: Method,
+}
