@@ -22,6 +22,7 @@ use crate::config::{Config, MasterKeySource, redact_userinfo};
 use crate::fhir::instant::{format_instant, now_millis};
 use crate::http::{self, HttpSettings, HttpState};
 use crate::index::IndexStore;
+use crate::index::bounded::Bounded;
 use crate::index::embedded::EmbeddedIndex;
 use crate::index::mongo::MongoIndex;
 use crate::repository::Repository;
@@ -77,6 +78,8 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
                 .map_err(|e| StartupError::Index(e.to_string()))?,
         ),
     };
+    // Every consumer of the index (repository, vault, authorization server) is bounded here.
+    let index: Arc<dyn IndexStore> = Arc::new(Bounded::new(index, timeout));
     let blobs: Arc<dyn BlobStore> = match &config.backends.ipfs_api {
         Some(api) => {
             let store =
@@ -89,7 +92,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
                 .map_err(|e| StartupError::Blobs(e.to_string()))?,
         ),
     };
-    let vault = Arc::new(Vault::new(master, index.clone(), timeout));
+    let vault = Arc::new(Vault::new(master, index.clone()));
     vault
         .verify_master_key()
         .await

@@ -27,6 +27,7 @@ async fn the_services_hold_ciphertext_only() {
     let server = Server::start_with(dir.path(), &[], &profile);
     let name = "Wojciechowska-Plaintext-Canary";
     let created = client(&server)
+        .await
         .post_json(
             "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": name}]}),

@@ -25,7 +25,7 @@ async fn crash_and_recover(profile: Profile) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(dir.path(), &["--sweep-interval-secs", "0"], &profile);
-    let c = client(&server);
+    let c = client(&server).await;
     let pid = server.pid();
     let acknowledged_count = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -87,7 +87,7 @@ async fn crash_and_recover(profile: Profile) {
 }
 
 async fn verify_acknowledged(server: &Server, results: &[(u16, Vec<u8>)]) {
-    let c = client(server);
+    let c = client(server).await;
     for (_, body) in results.iter().filter(|(status, _)| *status == 201) {
         let resource: serde_json::Value = serde_json::from_slice(body).unwrap();
         let id = resource["id"].as_str().unwrap();
@@ -102,7 +102,7 @@ async fn verify_acknowledged(server: &Server, results: &[(u16, Vec<u8>)]) {
 
 /// Pages through the system history (which opens every version's blob) and counts versions.
 async fn every_version_readable(server: &Server) -> usize {
-    let c = client(server);
+    let c = client(server).await;
     let mut next = Some("_history?_count=500".to_owned());
     let mut count = 0;
     while let Some(url) = next.take() {

@@ -122,7 +122,7 @@ async fn a_failing_service_gives_a_prompt_503_and_nothing_half_written() {
         &["--backend-timeout-ms", TIMEOUT_MS],
         &profile_from(&exports),
     );
-    let c = client(&server);
+    let c = client(&server).await;
     let created = c
         .post_json("Patient", &patient("BeforeFaults"))
         .send()
@@ -203,7 +203,7 @@ async fn start_up_waits_for_a_service_that_is_down() {
     services("down", services_dir.path(), Some("mongo"));
     let data = tempfile::tempdir().unwrap();
     let log = data.path().join("server.log");
-    let spawned = Spawned::new(
+    let spawned = Spawned::without_client(
         data.path(),
         &["--backend-timeout-ms", TIMEOUT_MS],
         &profile_from(&exports),
@@ -219,10 +219,12 @@ async fn start_up_waits_for_a_service_that_is_down() {
         "a clear log line says what is awaited: {said}"
     );
     services("up", services_dir.path(), Some("mongo"));
+    let credentials = common::provision(data.path(), &profile_from(&exports));
     let server = spawned
+        .with_credentials(credentials)
         .ready(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("the server serves once MongoDB is up"));
-    let c = client(&server);
+    let c = client(&server).await;
     assert_eq!(
         c.post_json("Patient", &patient("AfterStart"))
             .send()

@@ -7,9 +7,13 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use intellihealth::app;
+use intellihealth::auth::Scopes;
+use intellihealth::auth::tokens::Grant;
 use intellihealth::config::{Config, ServeArgs, StorageArgs};
 
-async fn router(dir: &std::path::Path) -> axum::Router {
+/// The router, and a `system/*.cruds` bearer header valid for it (requests carry no Host,
+/// so the base URL is `http://localhost/fhir`).
+async fn router(dir: &std::path::Path) -> (axum::Router, String) {
     let config = Config::resolve(&ServeArgs {
         storage: StorageArgs {
             data_dir: Some(dir.to_owned()),
@@ -18,7 +22,25 @@ async fn router(dir: &std::path::Path) -> axum::Router {
         ..ServeArgs::default()
     })
     .unwrap();
-    intellihealth::http::router(app::build(&config).await.unwrap())
+    let state = app::build(&config).await.unwrap();
+    let grant = Grant {
+        subject: "test".into(),
+        client_id: "test".into(),
+        scopes: Scopes::parse("system/*.cruds"),
+        patient: None,
+        fhir_user: None,
+        family: None,
+    };
+    let (token, _) = state
+        .auth
+        .tokens
+        .issue_access("http://localhost/fhir", &grant)
+        .await
+        .unwrap();
+    (
+        intellihealth::http::router(state),
+        format!("Bearer {token}"),
+    )
 }
 
 async fn body_of(response: axum::response::Response) -> serde_json::Value {
@@ -29,9 +51,10 @@ async fn body_of(response: axum::response::Response) -> serde_json::Value {
 #[tokio::test]
 async fn the_default_body_limit_is_ten_megabytes() {
     let dir = tempfile::tempdir().unwrap();
-    let router = router(dir.path()).await;
+    let (router, bearer) = router(dir.path()).await;
     let too_big = vec![b' '; 10 * 1024 * 1024 + 1];
     let declared = Request::post("/fhir/Patient")
+        .header("authorization", &bearer)
         .header("content-type", "application/fhir+json")
         .header("content-length", too_big.len())
         .body(Body::from(too_big.clone()))
@@ -48,6 +71,7 @@ async fn the_default_body_limit_is_ten_megabytes() {
             .collect::<Vec<_>>(),
     );
     let chunked = Request::post("/fhir/Patient")
+        .header("authorization", &bearer)
         .header("content-type", "application/fhir+json")
         .body(Body::from_stream(stream))
         .unwrap();
@@ -59,6 +83,7 @@ async fn the_default_body_limit_is_ten_megabytes() {
         "x".repeat(1_000_000)
     );
     let ok = Request::post("/fhir/Patient")
+        .header("authorization", &bearer)
         .header("content-type", "application/fhir+json")
         .body(Body::from(fits))
         .unwrap();
@@ -73,6 +98,7 @@ async fn health_reports_each_component() {
     let dir = tempfile::tempdir().unwrap();
     let response = router(dir.path())
         .await
+        .0
         .oneshot(Request::get("/health").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -88,6 +114,7 @@ async fn unknown_routes_get_an_operation_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let response = router(dir.path())
         .await
+        .0
         .oneshot(Request::get("/nowhere").body(Body::empty()).unwrap())
         .await
         .unwrap();

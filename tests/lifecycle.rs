@@ -17,7 +17,7 @@ fn patient(family: &str) -> Value {
 async fn a_restart_keeps_every_version_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let c = client(&server);
+    let c = client(&server).await;
     let created = c
         .post_json("Patient", &patient("Restart"))
         .send()
@@ -49,7 +49,7 @@ async fn a_restart_keeps_every_version_and_the_key() {
     assert_eq!(mode & 0o777, 0o600, "the generated master key is private");
 
     let server = Server::start(dir.path(), &[]);
-    let c = client(&server);
+    let c = client(&server).await;
     assert_eq!(
         c.get(&format!("Patient/{id}")).send().await.json().unwrap(),
         updated
@@ -82,6 +82,7 @@ async fn a_server_with_another_master_key_refuses_to_start() {
     let server = Server::start(dir.path(), &[]);
     assert_eq!(
         client(&server)
+            .await
             .post_json("Patient", &patient("Keyed"))
             .send()
             .await
@@ -110,7 +111,7 @@ async fn a_server_with_another_master_key_refuses_to_start() {
 async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let c = client(&server);
+    let c = client(&server).await;
     let pid = server.pid();
     let writes = (0..200).map(|n| {
         let c = c.clone();
@@ -140,7 +141,7 @@ async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
     );
 
     let server = Server::start(dir.path(), &[]);
-    let c = client(&server);
+    let c = client(&server).await;
     for resource in &acknowledged {
         let id = resource["id"].as_str().unwrap();
         let read = c.get(&format!("Patient/{id}")).send().await;
@@ -154,7 +155,7 @@ async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
 async fn only_ciphertext_reaches_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let c = client(&server);
+    let c = client(&server).await;
     let name = "Zbigniewska-Plaintext-Canary";
     let created = c.post_json("Patient", &patient(name)).send().await;
     assert_eq!(created.status, 201);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::Profile;
 use intellihealth::app;
+use intellihealth::auth::Principal;
 use intellihealth::config::{Config, StorageArgs};
 use intellihealth::fhir::resource::ResourceType;
 use intellihealth::fhir::validate::Handling;
@@ -35,6 +36,7 @@ async fn sweeps_only_what_nothing_references(profile: Profile) {
     let patient = ResourceType::parse("Patient").unwrap();
     let kept = repo
         .create(
+            &Principal::internal(),
             patient,
             br#"{"resourceType":"Patient","active":true}"#.to_vec(),
             Handling::Strict,
@@ -68,7 +70,10 @@ async fn sweeps_only_what_nothing_references(profile: Profile) {
         remaining.contains(&kept_cid),
         "the referenced blob was kept"
     );
-    let read = repo.read(patient, &kept.version.record.id).await.unwrap();
+    let read = repo
+        .read(&Principal::internal(), patient, &kept.version.record.id)
+        .await
+        .unwrap();
     assert_eq!(read.content, kept.version.content);
 }
 

@@ -9,6 +9,7 @@
 //!
 //! The index never sees plaintext: only CIDs, keyed digests, ids and extracted search values.
 
+pub mod bounded;
 pub mod embedded;
 pub mod mongo;
 

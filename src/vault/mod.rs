@@ -19,7 +19,6 @@ pub mod master;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
@@ -68,9 +67,8 @@ struct DataKey(Zeroizing<[u8; 32]>);
 
 pub struct Vault {
     master: MasterKey,
+    /// The key store: the IndexStore (bounded by the backend timeout where `app` builds it).
     keys: Arc<dyn IndexStore>,
-    /// Longest wait for the key store (the index), so a hung index is a prompt error here too.
-    timeout: Duration,
     /// Unwrapped data keys by owner: unwrapping costs an AEAD open and an index read.
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
 }
@@ -82,11 +80,10 @@ pub struct Sealed {
 }
 
 impl Vault {
-    pub fn new(master: MasterKey, keys: Arc<dyn IndexStore>, timeout: Duration) -> Vault {
+    pub fn new(master: MasterKey, keys: Arc<dyn IndexStore>) -> Vault {
         Vault {
             master,
             keys,
-            timeout,
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -95,12 +92,11 @@ impl Vault {
     /// the first start. Run at start-up, so a wrong key stops the server before any write.
     pub async fn verify_master_key(&self) -> Result<(), VaultError> {
         let owner = MASTER_KEY_CHECK_OWNER;
-        let wrapped = match self.bounded(self.keys.data_key(owner)).await? {
+        let wrapped = match self.keys.data_key(owner).await? {
             Some(wrapped) => wrapped,
             None => {
                 let check = self.master.wrap(owner, &[0u8; 32]);
-                self.bounded(self.keys.insert_data_key(owner, check))
-                    .await?
+                self.keys.insert_data_key(owner, check).await?
             }
         };
         match self.master.unwrap(owner, &wrapped) {
@@ -118,17 +114,6 @@ impl Vault {
     /// Unwraps a secret made by `wrap_secret` with the same label.
     pub fn unwrap_secret(&self, label: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         self.master.unwrap_bytes(label, wrapped)
-    }
-
-    /// One key-store call under the timeout.
-    async fn bounded<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, IndexError>>,
-    ) -> Result<T, VaultError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(VaultError::KeyStore(IndexError::Timeout(self.timeout))),
-        }
     }
 
     /// Seals `plaintext` under `owner`'s data key (made on first use), bound to `aad`.
@@ -165,15 +150,14 @@ impl Vault {
         if let Some(key) = self.cache.read().ok().and_then(|c| c.get(owner).cloned()) {
             return Ok(key);
         }
-        let wrapped = match self.bounded(self.keys.data_key(owner)).await? {
+        let wrapped = match self.keys.data_key(owner).await? {
             Some(wrapped) => wrapped,
             None if create => {
                 let mut fresh = Zeroizing::new([0u8; 32]);
                 rand::rng().fill_bytes(fresh.as_mut_slice());
                 let wrapped = self.master.wrap(owner, fresh.as_slice());
                 // Another replica may have won the race: use whichever key the store kept.
-                self.bounded(self.keys.insert_data_key(owner, wrapped))
-                    .await?
+                self.keys.insert_data_key(owner, wrapped).await?
             }
             None => return Err(VaultError::KeyDestroyed(owner.to_owned())),
         };
@@ -263,11 +247,7 @@ mod tests {
     async fn vault() -> (tempfile::TempDir, Vault) {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
-        let timeout = Duration::from_secs(5);
-        (
-            dir,
-            Vault::new(MasterKey::from_bytes([7; 32]), index, timeout),
-        )
+        (dir, Vault::new(MasterKey::from_bytes([7; 32]), index))
     }
 
     #[tokio::test]
@@ -326,11 +306,10 @@ mod tests {
     async fn a_different_master_key_is_refused_before_any_write() {
         let dir = tempfile::tempdir().unwrap();
         let index: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
-        let timeout = Duration::from_secs(5);
-        let vault = Vault::new(MasterKey::from_bytes([7; 32]), index.clone(), timeout);
+        let vault = Vault::new(MasterKey::from_bytes([7; 32]), index.clone());
         vault.verify_master_key().await.unwrap();
         vault.verify_master_key().await.unwrap();
-        let other = Vault::new(MasterKey::from_bytes([8; 32]), index, timeout);
+        let other = Vault::new(MasterKey::from_bytes([8; 32]), index);
         assert!(matches!(
             other.verify_master_key().await,
             Err(VaultError::MasterKeyMismatch)

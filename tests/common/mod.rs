@@ -50,12 +50,55 @@ pub struct Server {
     child: Option<Child>,
     pub base_url: String,
     pub data_dir: PathBuf,
+    /// A backend client with `system/*.cruds`, registered before the server started.
+    credentials: Option<Credentials>,
+}
+
+/// A confidential client of the server under test.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub client_id: String,
+    pub secret: String,
+}
+
+/// Registers a backend client with every system scope, through the CLI (on the embedded
+/// profile this must happen while no server holds the data directory).
+pub fn provision(data_dir: &Path, profile: &Profile) -> Credentials {
+    let credentials = Credentials {
+        client_id: "test-system".into(),
+        secret: format!("secret-{:016x}", rand::random::<u64>()),
+    };
+    let secret_file = data_dir.join("test-system.secret");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&secret_file, &credentials.secret).unwrap();
+    let output = command(&profile.env())
+        .args([
+            "clients",
+            "add",
+            "--id",
+            &credentials.client_id,
+            "--scope",
+            "system/*.cruds",
+            "--secret-file",
+        ])
+        .arg(&secret_file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("intellihealth clients add runs");
+    assert!(
+        output.status.success(),
+        "clients add: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    credentials
 }
 
 /// A server process that may not be listening yet.
 pub struct Spawned {
     /// Always `Some` until `ready` hands the process to a `Server`.
     child: Option<Child>,
+    credentials: Option<Credentials>,
     first_line: Receiver<String>,
     data_dir: PathBuf,
 }
@@ -76,6 +119,18 @@ impl Spawned {
     /// Starts `intellihealth serve` on a free port with its data in `data_dir`; its log goes
     /// to `stderr` (a file) or is inherited.
     pub fn new(
+        data_dir: &Path,
+        extra_args: &[&str],
+        profile: &Profile,
+        stderr: Option<&Path>,
+    ) -> Spawned {
+        let credentials = provision(data_dir, profile);
+        Spawned::without_client(data_dir, extra_args, profile, stderr).with_credentials(credentials)
+    }
+
+    /// Starts the server without registering a client first (for a server that cannot open
+    /// its stores yet).
+    pub fn without_client(
         data_dir: &Path,
         extra_args: &[&str],
         profile: &Profile,
@@ -104,6 +159,7 @@ impl Spawned {
         });
         Spawned {
             child: Some(child),
+            credentials: None,
             first_line,
             data_dir: data_dir.to_owned(),
         }
@@ -127,6 +183,7 @@ impl Spawned {
                     child: self.child.take(),
                     base_url,
                     data_dir: self.data_dir.clone(),
+                    credentials: self.credentials.clone(),
                 })
             }
             Err(_) => Err(self),
@@ -136,9 +193,39 @@ impl Spawned {
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
+
+    pub fn with_credentials(mut self, credentials: Credentials) -> Spawned {
+        self.credentials = Some(credentials);
+        self
+    }
 }
 
 impl Server {
+    /// An access token of the provisioned backend client (client_credentials).
+    pub async fn token(&self) -> String {
+        let credentials = self.credentials.as_ref().expect("a provisioned client");
+        let token_url = format!("{}/auth/token", self.base_url.trim_end_matches("/fhir"));
+        let reply = reqwest::Client::new()
+            .post(token_url)
+            .basic_auth(&credentials.client_id, Some(&credentials.secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/*.cruds"),
+            ])
+            .send()
+            .await
+            .expect("the token endpoint answers");
+        let body: serde_json::Value = reply.json().await.expect("a token response");
+        body["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        self.credentials.as_ref().expect("a provisioned client")
+    }
+
     /// Starts the server on the embedded profile and waits until it listens.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
         Server::start_with(data_dir, extra_args, &Profile::Embedded)
@@ -206,8 +293,9 @@ pub fn signal(pid: i32, signal: i32) {
     }
 }
 
-pub fn client(server: &Server) -> conformance_tests::client::Client {
-    conformance_tests::client::Client::new(&server.base_url, None)
+/// A client of the server under test, authenticated as the provisioned backend client.
+pub async fn client(server: &Server) -> conformance_tests::client::Client {
+    conformance_tests::client::Client::new(&server.base_url, Some(server.token().await))
 }
 
 /// Large enough for the two biggest official example Bundles (about 12 MB and 19 MB).
@@ -228,7 +316,7 @@ pub async fn conformance_suite_passes(profile: Profile) {
     let server = Server::start_with(dir.path(), &["--max-body-bytes", &limit], &profile);
     let report = conformance_tests::run(&conformance_tests::Options {
         base_url: server.base_url.clone(),
-        bearer: None,
+        bearer: Some(server.token().await),
         examples_dir: Some(examples),
         all_examples: true,
         max_body_bytes: CONFORMANCE_BODY_LIMIT,
