@@ -33,11 +33,7 @@ fn pipeline(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
-    let vault = Vault::new(
-        MasterKey::from_bytes([1; 32]),
-        index,
-        std::time::Duration::from_secs(5),
-    );
+    let vault = Vault::new(MasterKey::from_bytes([1; 32]), index);
     let aad = aad_for("Observation", "bench", 1);
     let sealed = runtime
         .block_on(vault.seal("Patient/p1", &aad, Arc::new(bytes.clone())))

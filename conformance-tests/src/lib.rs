@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod keys;
 pub mod report;
 pub mod suites;
 
@@ -27,6 +28,8 @@ pub struct Options {
     pub all_examples: bool,
     /// The server's body limit, for the 413 case.
     pub max_body_bytes: usize,
+    /// What the server registered for the SMART and attack suites; `None` skips them.
+    pub smart: Option<suites::smart::SmartFixtures>,
 }
 
 /// Runs every suite and returns the report.
@@ -42,6 +45,10 @@ pub async fn run(options: &Options) -> Report {
     suites::negotiation::run(&ctx, &mut report).await;
     suites::errors::run(&ctx, &mut report).await;
     suites::bad_input::run(&ctx, &mut report).await;
+    if let Some(fixtures) = &options.smart {
+        suites::smart::run(&ctx, fixtures, &mut report).await;
+        suites::attacks::run(&ctx, fixtures, &mut report).await;
+    }
     if let Some(dir) = &options.examples_dir {
         suites::examples::run(&ctx, dir, options.all_examples, &mut report).await;
     }

@@ -86,6 +86,7 @@ async fn run_command(args: RunArgs) -> ExitCode {
             .then(|| args.examples.unwrap_or_else(default_examples_dir)),
         all_examples: args.all_examples,
         max_body_bytes: args.max_body_bytes,
+        smart: None,
     };
     let report = run(&options).await;
     print!("{}", report.table());

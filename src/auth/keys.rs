@@ -108,7 +108,7 @@ impl Keyring {
                 stored,
             });
         }
-        keys.sort_by(|a, b| b.stored.created_at.cmp(&a.stored.created_at));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.stored.created_at));
         *self.loaded.write().await = Loaded {
             keys,
             at: Instant::now(),

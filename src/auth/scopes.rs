@@ -8,6 +8,7 @@
 //!   `write` (= c, u, d) or `*` (all);
 //! - v2 only: a query restricting the scope to resources matching it
 //!   (`patient/Observation.rs?category=laboratory`).
+//!
 //! Anything else (`openid`, `fhirUser`, `launch`, `launch/patient`, `offline_access`, …) is a
 //! non-resource scope and permits no interaction by itself.
 //!

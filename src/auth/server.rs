@@ -121,7 +121,10 @@ impl Pending {
 /// The first answer of the authorization endpoint.
 pub enum Begun {
     /// Show the login page for this session.
-    Login { session: String, pending: Pending },
+    Login {
+        session: String,
+        pending: Box<Pending>,
+    },
     /// The request cannot be trusted with a redirect (unknown client or redirect_uri).
     Refuse(String),
     /// The request is wrong, and the client can be told at its registered redirect_uri.
@@ -308,7 +311,10 @@ impl AuthServer {
         };
         let session = random_token(24);
         self.put(SESSION, &session, &pending, SESSION_MS).await?;
-        Ok(Begun::Login { session, pending })
+        Ok(Begun::Login {
+            session,
+            pending: Box::new(pending),
+        })
     }
 
     /// A pending authorization, if the session is live.

@@ -34,17 +34,15 @@ pub async fn create(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath(resource_type): FhirPath<String>,
-    negotiated: Negotiated,
-    prefer: Prefer,
-    base: BaseUrl,
+    answer: WriteAnswer,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
     let written = state
         .repo
-        .create(&principal, resource_type, body, prefer.handling)
+        .create(&principal, resource_type, body, answer.prefer.handling)
         .await?;
-    Ok(written_response(written, negotiated, prefer, &base))
+    Ok(written_response(written, answer))
 }
 
 #[utoipa::path(put, path = "/fhir/{type}/{id}", tag = "instance",
@@ -64,14 +62,11 @@ pub async fn update(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
-    headers: HeaderMap,
-    negotiated: Negotiated,
-    prefer: Prefer,
-    base: BaseUrl,
+    IfMatch(precondition): IfMatch,
+    answer: WriteAnswer,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
-    let precondition = if_match(&headers)?;
     let written = state
         .repo
         .update(
@@ -80,10 +75,10 @@ pub async fn update(
             &id,
             body,
             precondition,
-            prefer.handling,
+            answer.prefer.handling,
         )
         .await?;
-    Ok(written_response(written, negotiated, prefer, &base))
+    Ok(written_response(written, answer))
 }
 
 #[utoipa::path(get, path = "/fhir/{type}/{id}", tag = "instance",
@@ -174,7 +169,20 @@ fn preview(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// `If-Match: W/"n"` → the version the client expects to replace.
+/// `If-Match: W/"n"`: the version the client expects to replace.
+pub struct IfMatch(pub Precondition);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if_match(&parts.headers).map(IfMatch)
+    }
+}
+
 fn if_match(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(Precondition::None),
@@ -245,12 +253,39 @@ fn resource_response(
     response
 }
 
-fn written_response(
-    written: Written,
+/// How to answer a write: the negotiated format, the client's `Prefer`, and the base URL of
+/// the `Location`.
+pub struct WriteAnswer {
     negotiated: Negotiated,
     prefer: Prefer,
-    base: &BaseUrl,
-) -> Response {
+    base: BaseUrl,
+}
+
+impl<S> axum::extract::FromRequestParts<S> for WriteAnswer
+where
+    S: Send + Sync,
+    HttpState: axum::extract::FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(WriteAnswer {
+            negotiated: Negotiated::from_request_parts(parts, state).await?,
+            prefer: Prefer::from_request_parts(parts, state).await?,
+            base: BaseUrl::from_request_parts(parts, state).await?,
+        })
+    }
+}
+
+fn written_response(written: Written, answer: WriteAnswer) -> Response {
+    let WriteAnswer {
+        negotiated,
+        prefer,
+        base,
+    } = answer;
     let record = &written.version.record;
     let status = if written.created {
         StatusCode::CREATED

@@ -136,7 +136,20 @@ impl Spawned {
         profile: &Profile,
         stderr: Option<&Path>,
     ) -> Spawned {
-        let mut command = command(&profile.env());
+        Spawned::with_env(data_dir, extra_args, profile, stderr, &[])
+    }
+
+    /// Like `without_client`, with more environment (trusted issuers, the admin token).
+    pub fn with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        profile: &Profile,
+        stderr: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Spawned {
+        let mut all = profile.env();
+        all.extend_from_slice(env);
+        let mut command = command(&all);
         command
             .arg("serve")
             .arg("--listen")
@@ -312,14 +325,35 @@ pub async fn conformance_suite_passes(profile: Profile) {
         examples.display()
     );
     let dir = tempfile::tempdir().unwrap();
+    let credentials = provision(dir.path(), &profile);
+    let issuer = std::sync::Arc::new(conformance_tests::keys::TestIssuer::start().await);
+    let admin_token = format!("admin-{:016x}", rand::random::<u64>());
+    let fixtures = smart_fixtures(dir.path(), &profile, issuer.clone(), &admin_token);
+    let env = [
+        (
+            "INTELLIHEALTH_TRUSTED_ISSUERS".to_owned(),
+            issuer.url.clone(),
+        ),
+        ("INTELLIHEALTH_ADMIN_TOKEN".to_owned(), admin_token),
+    ];
     let limit = CONFORMANCE_BODY_LIMIT.to_string();
-    let server = Server::start_with(dir.path(), &["--max-body-bytes", &limit], &profile);
+    let server = Spawned::with_env(
+        dir.path(),
+        &["--max-body-bytes", &limit],
+        &profile,
+        None,
+        &env,
+    )
+    .with_credentials(credentials)
+    .ready(Duration::from_secs(60))
+    .unwrap_or_else(|_| panic!("the server did not print its address within 60 s"));
     let report = conformance_tests::run(&conformance_tests::Options {
         base_url: server.base_url.clone(),
         bearer: Some(server.token().await),
         examples_dir: Some(examples),
         all_examples: true,
         max_body_bytes: CONFORMANCE_BODY_LIMIT,
+        smart: Some(fixtures),
     })
     .await;
     println!("{}", report.table());
@@ -337,4 +371,120 @@ pub async fn conformance_suite_passes(profile: Profile) {
         server.terminate().success(),
         "the server exits cleanly on SIGTERM"
     );
+}
+
+/// Registers, through the CLI, the users and clients the SMART and attack suites use.
+pub fn smart_fixtures(
+    data_dir: &Path,
+    profile: &Profile,
+    issuer: std::sync::Arc<conformance_tests::keys::TestIssuer>,
+    admin_token: &str,
+) -> conformance_tests::suites::smart::SmartFixtures {
+    use conformance_tests::keys::AsymmetricClient;
+    use conformance_tests::suites::smart::{SmartFixtures, UserLogin};
+    let cli = |args: &[&str]| {
+        let output = command(&profile.env())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let secret_file = |name: &str, secret: &str| {
+        let path = data_dir.join(format!("{name}.secret"));
+        std::fs::write(&path, secret).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let patient_user = UserLogin {
+        username: "pat".into(),
+        password: "pat-password-1".into(),
+        patient_id: "smart-patient".into(),
+    };
+    let practitioner = UserLogin {
+        username: "doc".into(),
+        password: "doc-password-1".into(),
+        patient_id: "smart-chosen".into(),
+    };
+    let patient_password = secret_file("pat", &patient_user.password);
+    cli(&[
+        "users",
+        "add",
+        "--username",
+        "pat",
+        "--password-file",
+        &patient_password,
+        "--fhir-user",
+        "Patient/smart-patient",
+    ]);
+    let doctor_password = secret_file("doc", &practitioner.password);
+    cli(&[
+        "users",
+        "add",
+        "--username",
+        "doc",
+        "--password-file",
+        &doctor_password,
+        "--fhir-user",
+        "Practitioner/smart-doctor",
+    ]);
+    let redirect_uri = "https://app.example/callback";
+    cli(&[
+        "clients",
+        "add",
+        "--id",
+        "smart-app",
+        "--public",
+        "--name",
+        "Runner's app",
+        "--redirect-uri",
+        redirect_uri,
+        "--scope",
+        "launch launch/patient openid fhirUser offline_access online_access patient/*.rs patient/*.cruds user/*.rs",
+    ]);
+    let secret = format!("s-{:016x}", rand::random::<u64>());
+    let secret_path = secret_file("backend", &secret);
+    cli(&[
+        "clients",
+        "add",
+        "--id",
+        "smart-backend",
+        "--secret-file",
+        &secret_path,
+        "--scope",
+        "system/*.rs system/Patient.rs",
+    ]);
+    let es384 = AsymmetricClient::es384("smart-es384");
+    let rs384 = AsymmetricClient::rs384("smart-rs384");
+    for key in [&es384, &rs384] {
+        let jwks = data_dir.join(format!("{}.jwks", key.client_id));
+        std::fs::write(&jwks, key.jwks.to_string()).unwrap();
+        cli(&[
+            "clients",
+            "add",
+            "--id",
+            &key.client_id,
+            "--jwks-file",
+            &jwks.to_string_lossy(),
+            "--scope",
+            "system/*.rs",
+        ]);
+    }
+    SmartFixtures {
+        app_client_id: "smart-app".into(),
+        app_redirect_uri: redirect_uri.into(),
+        secret_client_id: "smart-backend".into(),
+        secret,
+        es384,
+        rs384,
+        patient_user,
+        practitioner,
+        other_patient_id: "smart-other".into(),
+        admin_token: Some(admin_token.to_owned()),
+        issuer: Some(issuer),
+    }
 }

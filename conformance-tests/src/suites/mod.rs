@@ -1,5 +1,6 @@
 //! The suites, each a list of cases against a live server, and the helpers they share.
 
+pub mod attacks;
 pub mod bad_input;
 pub mod crud;
 pub mod errors;
@@ -7,6 +8,7 @@ pub mod examples;
 pub mod history;
 pub mod metadata;
 pub mod negotiation;
+pub mod smart;
 
 use serde_json::{Value, json};
 

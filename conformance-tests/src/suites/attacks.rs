@@ -1,0 +1,326 @@
+//! The attack matrix: tokens and requests a careless server would accept, each of which must
+//! be refused with the right status. Forged tokens a black box cannot sign with the server's
+//! key are signed by the runner's own issuer, which the server under test trusts: a validly
+//! signed token from a trusted issuer is accepted (the positive control) unless a claim makes
+//! it unacceptable, which is exactly what each case checks.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oauth2::TokenResponse;
+use serde_json::{Value, json};
+
+use super::SuiteContext;
+use super::smart::{
+    Decision, SmartFixtures, authorize, discover, exchange, http, oauth_code, patient_tokens,
+    refresh,
+};
+use crate::client::Client as FhirClient;
+use crate::keys::now;
+use crate::report::Report;
+
+const SUITE: &str = "attacks";
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// The payload of a JWT, decoded without any check (to forge from a real one).
+fn payload(token: &str) -> Value {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
+    let base = ctx.client.base.clone();
+    let Ok(d) = discover(&base).await else {
+        report.check(SUITE, "discovery", false, String::new());
+        return;
+    };
+    let target = format!("Patient/{}", fx.patient_user.patient_id);
+    let refused = |token: &str| {
+        let (base, target) = (base.clone(), target.clone());
+        let token = token.to_owned();
+        async move {
+            FhirClient::new(&base, Some(token))
+                .get(&target)
+                .send()
+                .await
+        }
+    };
+    let check_401 = async |name: &str, token: String, report: &mut Report| {
+        let reply = refused(&token).await;
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        report.check(
+            SUITE,
+            name,
+            reply.status == 401 && challenge.contains("invalid_token") && reply.is_outcome(),
+            reply.summary(),
+        );
+    };
+
+    // A real token of the server, to forge from.
+    let real = match super::smart::secret_tokens(
+        &d,
+        &fx.secret_client_id,
+        &fx.secret,
+        "system/*.rs",
+        true,
+    )
+    .await
+    {
+        Ok(t) => t.access_token().secret().clone(),
+        Err(e) => {
+            report.check(SUITE, "set-up: a real token", false, oauth_code(&e));
+            return;
+        }
+    };
+    let claims = payload(&real);
+    let mut elevated = claims.clone();
+    elevated["scope"] = "system/*.cruds".into();
+
+    check_401(
+        "alg: none",
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "at+jwt"})),
+            b64(&claims)
+        ),
+        report,
+    )
+    .await;
+    let jwks: Value = match http().get(&d.jwks).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    };
+    let public = jwks["keys"][0].clone();
+    let hs256 = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = public["kid"].as_str().map(str::to_owned);
+        header.typ = Some("at+jwt".into());
+        let secret = public.to_string();
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap_or_default()
+    };
+    check_401("HS256 signed with the server's public key", hs256, report).await;
+    let mut parts: Vec<&str> = real.split('.').collect();
+    let forged_payload = b64(&elevated);
+    parts[1] = &forged_payload;
+    check_401(
+        "tampered payload (scope raised, signature kept)",
+        parts.join("."),
+        report,
+    )
+    .await;
+
+    match &fx.issuer {
+        Some(issuer) => {
+            let now = now();
+            let good = json!({"sub": "attacker", "aud": base, "exp": now + 300, "iat": now, "nbf": now - 5, "scope": "system/*.rs", "client_id": "runner"});
+            let accepted = refused(&issuer.mint(&good)).await;
+            report.check(
+                SUITE,
+                "positive control: a valid token of the trusted test issuer is accepted",
+                accepted.status == 200,
+                accepted.summary(),
+            );
+            let with = |changes: Value| {
+                let mut c = good.clone();
+                for (k, v) in changes.as_object().cloned().unwrap_or_default() {
+                    c[k] = v;
+                }
+                c
+            };
+            check_401(
+                "expired",
+                issuer.mint(&with(
+                    json!({"exp": now - 600, "iat": now - 1200, "nbf": now - 1200}),
+                )),
+                report,
+            )
+            .await;
+            check_401(
+                "not yet valid (nbf in the future)",
+                issuer.mint(&with(json!({"nbf": now + 600}))),
+                report,
+            )
+            .await;
+            check_401(
+                "wrong aud",
+                issuer.mint(&with(json!({"aud": format!("{base}/elsewhere")}))),
+                report,
+            )
+            .await;
+            check_401(
+                "a token for another server's audience",
+                issuer.mint(&with(json!({"aud": "https://other-server.example/fhir"}))),
+                report,
+            )
+            .await;
+            check_401(
+                "wrong iss (an issuer nobody trusts)",
+                issuer.mint(&with(json!({"iss": "https://untrusted.example"}))),
+                report,
+            )
+            .await;
+            check_401("unknown kid", issuer.mint_with_unknown_key(&good), report).await;
+        }
+        None => report.check(
+            SUITE,
+            "a trusted test issuer is configured",
+            false,
+            "the server must trust the runner's issuer for these cases",
+        ),
+    }
+
+    // The authorization server.
+    let scope = "launch/patient openid fhirUser offline_access patient/*.rs";
+    match patient_tokens(&d, fx, scope).await {
+        Ok(tokens) => {
+            let escalated = refresh(
+                &d,
+                fx,
+                tokens
+                    .refresh_token()
+                    .map(|r| r.secret().as_str())
+                    .unwrap_or_default(),
+                Some("patient/*.rs user/*.cruds"),
+            )
+            .await;
+            report.check(
+                SUITE,
+                "scope escalation on refresh is invalid_scope",
+                escalated.is_err_and(|e| oauth_code(&e) == "invalid_scope"),
+                String::new(),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "scope escalation on refresh is invalid_scope",
+            false,
+            e,
+        ),
+    }
+    let decision = Decision {
+        user: &fx.patient_user,
+        approve: true,
+        choose_patient: false,
+    };
+    if let Ok(auth) = authorize(&d, fx, scope, &[], &decision).await
+        && let Some(code) = auth.code
+    {
+        let verifier = oauth2::PkceCodeVerifier::new(auth.verifier.secret().clone());
+        let first = exchange(&d, fx, &code, auth.verifier).await;
+        let again = exchange(&d, fx, &code, verifier).await;
+        report.check(
+            SUITE,
+            "authorization code reuse is invalid_grant",
+            first.is_ok()
+                && again
+                    .as_ref()
+                    .is_err_and(|e| oauth_code(e) == "invalid_grant"),
+            String::new(),
+        );
+        if let Ok(first) = first {
+            let after = refused(first.access_token().secret()).await;
+            report.check(
+                SUITE,
+                "a reused code revokes the tokens it produced",
+                after.status == 401,
+                after.summary(),
+            );
+        }
+    }
+    if let Ok(auth) = authorize(&d, fx, scope, &[], &decision).await
+        && let Some(code) = auth.code
+    {
+        let wrong = oauth2::PkceCodeVerifier::new(
+            "not-the-verifier-that-made-the-challenge-0123456789".into(),
+        );
+        let result = exchange(&d, fx, &code, wrong).await;
+        report.check(
+            SUITE,
+            "a PKCE verifier mismatch is invalid_grant",
+            result.is_err_and(|e| oauth_code(&e) == "invalid_grant"),
+            String::new(),
+        );
+    }
+    if let Ok(auth) = authorize(&d, fx, scope, &[], &decision).await
+        && let Some(code) = auth.code
+    {
+        let reply = http()
+            .post(&d.token)
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("client_id", fx.app_client_id.as_str()),
+                ("redirect_uri", "https://app.example/another-callback"),
+                ("code_verifier", auth.verifier.secret().as_str()),
+            ])
+            .send()
+            .await;
+        let error = match reply {
+            Ok(r) if r.status() == 400 => r.json::<Value>().await.unwrap_or_default()["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        };
+        report.check(
+            SUITE,
+            "a redirect_uri mismatch at the token endpoint is invalid_grant",
+            error == "invalid_grant",
+            error,
+        );
+    }
+    let evil = format!(
+        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge=abc&code_challenge_method=S256",
+        d.authorize, fx.app_client_id, "https%3A%2F%2Fevil.example%2Fcallback", base
+    );
+    let open = http().get(&evil).send().await;
+    let (status, location) = match &open {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        Err(_) => (0, String::new()),
+    };
+    report.check(
+        SUITE,
+        "an unregistered redirect_uri is refused on a page, never redirected to (open redirect)",
+        status == 400 && location.is_empty(),
+        format!("{status} {location}"),
+    );
+
+    match patient_tokens(&d, fx, scope).await {
+        Ok(tokens) => {
+            let other = FhirClient::new(&base, Some(tokens.access_token().secret().clone()))
+                .get(&format!("Patient/{}", fx.other_patient_id))
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "a patient token reading another patient is 403",
+                other.status == 403,
+                other.summary(),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "a patient token reading another patient is 403",
+            false,
+            e,
+        ),
+    }
+}
