@@ -108,6 +108,72 @@ async fn a_server_with_another_master_key_refuses_to_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tokens name the base URL as issuer and audience: keep it across the restart's new port.
+    let fixed = ["--base-url", "http://intellihealth.test/fhir"];
+    let server = Server::start(dir.path(), &fixed);
+    let old_token = server.token().await;
+    let jwks_url = format!("{}/auth/jwks", server.base_url.trim_end_matches("/fhir"));
+    let before: Value = reqwest::get(&jwks_url).await.unwrap().json().await.unwrap();
+    let credentials = server.credentials().clone();
+    assert!(server.terminate().success());
+    let output = common::command(&[])
+        .args(["keys", "rotate", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let server = common::Spawned::new_with(dir.path(), &fixed, credentials);
+    let after: Value = reqwest::get(format!(
+        "{}/auth/jwks",
+        server.base_url.trim_end_matches("/fhir")
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(before["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        after["keys"].as_array().unwrap().len(),
+        2,
+        "the old key stays published"
+    );
+    let kid_of = |token: &str| jsonwebtoken_kid(token);
+    let old = conformance_tests::client::Client::new(&server.base_url, Some(old_token.clone()));
+    assert_eq!(old.get("metadata").send().await.status, 200);
+    let still_valid = old.post_json("Patient", &patient("Rotated")).send().await;
+    assert_eq!(
+        still_valid.status, 201,
+        "a token signed before the rotation still works"
+    );
+    let new_token = server.token().await;
+    assert_ne!(
+        kid_of(&new_token),
+        kid_of(&old_token),
+        "new tokens are signed with the new key"
+    );
+    assert!(server.terminate().success());
+}
+
+/// The `kid` of a JWT's header.
+fn jsonwebtoken_kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: Value = serde_json::from_slice(&bytes).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);

@@ -207,6 +207,14 @@ impl Spawned {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
+    /// Restarts a server on `data_dir` whose client was provisioned before.
+    pub fn new_with(data_dir: &Path, args: &[&str], credentials: Credentials) -> Server {
+        Spawned::without_client(data_dir, args, &Profile::Embedded, None)
+            .with_credentials(credentials)
+            .ready(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server restarts"))
+    }
+
     pub fn with_credentials(mut self, credentials: Credentials) -> Spawned {
         self.credentials = Some(credentials);
         self

@@ -390,6 +390,17 @@ async fn seed(ctx: &SuiteContext, fx: &SmartFixtures) -> Vec<String> {
                 .unwrap_or_default(),
         );
     }
+    // One vital-signs Observation of the patient user, outside a laboratory-only grant.
+    let vitals = json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"text": "smart vitals"}, "subject": {"reference": format!("Patient/{}", fx.patient_user.patient_id)}});
+    let created = ctx.client.post_json("Observation", &vitals).send().await;
+    observations.push(
+        created
+            .json()
+            .and_then(|v| v["id"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    );
     observations
 }
 
@@ -635,6 +646,39 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                 .all(|r| *r == format!("Patient/{}", fx.patient_user.patient_id)),
         format!("{} entries", listed.len()),
     );
+
+    // A granular v2 scope: only the laboratory Observations of the patient.
+    match patient_tokens(
+        &d,
+        fx,
+        "launch/patient patient/Observation.rs?category=laboratory",
+    )
+    .await
+    {
+        Ok(granular) => {
+            let c = with_token(ctx, granular.access_token().secret());
+            let lab = c
+                .get(&format!("Observation/{}", observations[0]))
+                .send()
+                .await;
+            let vitals = c
+                .get(&format!("Observation/{}", observations[3]))
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "a granular scope (?category=laboratory) reaches lab results and not vital signs",
+                lab.status == 200 && vitals.status == 403,
+                format!("lab {}, vitals {}", lab.status, vitals.status),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "a granular scope (?category=laboratory) reaches lab results and not vital signs",
+            false,
+            e,
+        ),
+    }
 
     // Refresh with rotation; a rotated token presented again revokes the family.
     let first_refresh = tokens
