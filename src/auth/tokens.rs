@@ -11,7 +11,10 @@
 //!
 //! Never logs a token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
 
 use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
@@ -65,7 +68,26 @@ pub struct TokenService {
     keyring: Arc<Keyring>,
     store: Arc<dyn IndexStore>,
     external: External,
+    /// Tokens already verified, by SHA-256 of the token: checking an ES256 signature costs far
+    /// more than the rest of a read, and a signature, once good, stays good until `exp`.
+    /// Revocation is still looked up on every use.
+    verified: RwLock<HashMap<[u8; 32], Arc<Verified>>>,
 }
+
+/// What verifying a token established, kept for its later uses.
+struct Verified {
+    principal: Principal,
+    /// The base URL it was verified for (its `aud`).
+    audience: String,
+    not_before: i64,
+    expires_at: i64,
+    /// For this server's own tokens: what revocation is looked up by.
+    jti: Option<String>,
+    family: Option<String>,
+}
+
+/// Most verified tokens remembered; past it the cache starts over (tokens are re-verified).
+const VERIFIED_LIMIT: usize = 50_000;
 
 /// A random, URL-safe identifier of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -86,6 +108,7 @@ impl TokenService {
             keyring,
             store,
             external,
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -152,26 +175,90 @@ impl TokenService {
 
     /// Verifies a bearer token presented at `base` and returns who it speaks for.
     pub async fn verify(&self, token: &str, base: &str) -> Result<Principal, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = self.verified.read().ok().and_then(|v| v.get(&key).cloned());
+        if let Some(known) = known {
+            let now = now_millis() / 1000;
+            let leeway = LEEWAY_SECONDS as i64;
+            if known.audience == base
+                && now + leeway >= known.not_before
+                && now - leeway < known.expires_at
+            {
+                if let Some(jti) = &known.jti {
+                    self.check_revocation(jti, known.family.as_deref()).await?;
+                }
+                return Ok(known.principal.clone());
+            }
+        }
+        let verified = self.verify_fully(token, base).await?;
+        let principal = verified.principal.clone();
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= VERIFIED_LIMIT {
+                cache.clear();
+            }
+            cache.insert(key, Arc::new(verified));
+        }
+        Ok(principal)
+    }
+
+    /// Signature, claims and revocation, from scratch.
+    async fn verify_fully(&self, token: &str, base: &str) -> Result<Verified, AuthError> {
         let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
         let header = decode_header(token).map_err(|_| invalid("not a JWT this server accepts"))?;
         let issuer = unverified_issuer(token).ok_or_else(|| invalid("no issuer"))?;
         if issuer != base {
-            if self.external.is_trusted(&issuer) {
-                return self.external.verify(token, &header, &issuer, base).await;
+            if !self.external.is_trusted(&issuer) {
+                return Err(invalid(
+                    "the issuer is neither this server nor a trusted one",
+                ));
             }
-            return Err(invalid(
-                "the issuer is neither this server nor a trusted one",
-            ));
+            let principal = self.external.verify(token, &header, &issuer, base).await?;
+            // Verified above, so these claims can now be read as given.
+            let claim = |name: &str| unverified_claim(token, name).and_then(|v| v.as_i64());
+            return Ok(Verified {
+                principal,
+                audience: base.to_owned(),
+                not_before: claim("nbf").unwrap_or(i64::MIN),
+                expires_at: claim("exp").unwrap_or_default(),
+                jti: None,
+                family: None,
+            });
         }
         let claims = self.verify_own(token, &header, base).await?;
-        Ok(Principal {
-            subject: claims.sub,
-            client_id: claims.client_id,
-            issuer: claims.iss,
-            scopes: Scopes::parse(&claims.scope),
-            patient: claims.patient,
-            fhir_user: claims.fhir_user,
+        Ok(Verified {
+            audience: base.to_owned(),
+            not_before: claims.nbf,
+            expires_at: claims.exp,
+            jti: Some(claims.jti),
+            family: claims.fam,
+            principal: Principal {
+                subject: claims.sub,
+                client_id: claims.client_id,
+                issuer: claims.iss,
+                scopes: Scopes::parse(&claims.scope),
+                patient: claims.patient,
+                fhir_user: claims.fhir_user,
+            },
         })
+    }
+
+    /// Whether the token (by `jti`) or its authorization (by family) was revoked.
+    async fn check_revocation(&self, jti: &str, family: Option<&str>) -> Result<(), AuthError> {
+        if self.store.get_record(REVOKED_TOKEN, jti).await?.is_some() {
+            return Err(AuthError::InvalidToken("the token was revoked".into()));
+        }
+        if let Some(family) = family
+            && self
+                .store
+                .get_record(REVOKED_FAMILY, family)
+                .await?
+                .is_some()
+        {
+            return Err(AuthError::InvalidToken(
+                "the authorization behind the token was revoked".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Verifies one of this server's access tokens, revocation included.
@@ -209,25 +296,8 @@ impl TokenService {
         let claims = decode::<AccessClaims>(token, &key, &validation)
             .map_err(|e| invalid(describe_jwt_error(&e)))?
             .claims;
-        if self
-            .store
-            .get_record(REVOKED_TOKEN, &claims.jti)
-            .await?
-            .is_some()
-        {
-            return Err(invalid("the token was revoked".into()));
-        }
-        if let Some(family) = &claims.fam
-            && self
-                .store
-                .get_record(REVOKED_FAMILY, family)
-                .await?
-                .is_some()
-        {
-            return Err(invalid(
-                "the authorization behind the token was revoked".into(),
-            ));
-        }
+        self.check_revocation(&claims.jti, claims.fam.as_deref())
+            .await?;
         Ok(claims)
     }
 
@@ -247,13 +317,18 @@ impl TokenService {
 
 /// `iss` of a token, before its signature is checked: only to decide whom to check it with.
 fn unverified_issuer(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
+    unverified_claim(token, "iss").and_then(|v| v.as_str().map(str::to_owned))
+}
+
+/// A claim of a token, read without checking anything.
+fn unverified_claim(token: &str, name: &str) -> Option<serde_json::Value> {
     use base64::Engine;
+    let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
+    let mut claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get_mut(name).map(serde_json::Value::take)
 }
 
 /// Words for why a JWT failed, without echoing any of it.
