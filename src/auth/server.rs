@@ -680,7 +680,18 @@ impl AuthServer {
         basic: Option<(String, String)>,
     ) -> Result<Client, AuthError> {
         if let Some((client_id, secret)) = basic {
-            return self.client_with_secret(&client_id, &secret).await;
+            // RFC 6749 §2.3.1 form-encodes both parts; many clients send them as they are.
+            let (decoded_id, decoded_secret) = (form_decode(&client_id), form_decode(&secret));
+            return match self.client_with_secret(&client_id, &secret).await {
+                Ok(client) => Ok(client),
+                Err(_)
+                    if (decoded_id.as_str(), decoded_secret.as_str())
+                        != (client_id.as_str(), secret.as_str()) =>
+                {
+                    self.client_with_secret(&decoded_id, &decoded_secret).await
+                }
+                Err(e) => Err(e),
+            };
         }
         if form.get("client_assertion_type").map(String::as_str) == Some(ASSERTION_TYPE) {
             let assertion = form
@@ -986,6 +997,14 @@ fn unverified_claim(token: &str, name: &str) -> Option<String> {
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value (`+` is a space, `%XX` a byte).
+fn form_decode(text: &str) -> String {
+    form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -73,7 +73,8 @@ fn form(body: &[u8]) -> HashMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// `Authorization: Basic` credentials (each part form-urlencoded, RFC 6749 §2.3.1).
+/// `Authorization: Basic` credentials, as sent (the authorization server deals with their
+/// form-encoding, which RFC 6749 §2.3.1 asks for and many clients skip).
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
@@ -85,12 +86,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
-    let unescape = |s: &str| {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-    };
-    Some((unescape(id)?, unescape(secret)?))
+    Some((id.to_owned(), secret.to_owned()))
 }
 
 pub async fn smart_config(base: BaseUrl) -> Response {

@@ -454,7 +454,8 @@ pub fn smart_fixtures(
         "--scope",
         "launch launch/patient openid fhirUser offline_access online_access patient/*.rs patient/*.cruds user/*.rs",
     ]);
-    let secret = format!("s-{:016x}", rand::random::<u64>());
+    // `+` and `/` make form-encoded and raw Basic credentials differ (both must work).
+    let secret = format!("s+{:016x}/x", rand::random::<u64>());
     let secret_path = secret_file("backend", &secret);
     cli(&[
         "clients",

@@ -795,6 +795,21 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             result.err().map(|e| oauth_code(&e)).unwrap_or_default(),
         );
     }
+    let raw = http()
+        .post(&d.token)
+        .basic_auth(&fx.secret_client_id, Some(&fx.secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.rs"),
+        ])
+        .send()
+        .await;
+    report.check(
+        SUITE,
+        "client_secret_basic sent without form-encoding (as curl does) is accepted too",
+        raw.is_ok_and(|r| r.status() == 200),
+        String::new(),
+    );
     let wrong = secret_tokens(
         &d,
         &fx.secret_client_id,
