@@ -1,0 +1,272 @@
+//! The token endpoint's grants: authorization code (PKCE verified, reuse revoking what the
+//! code produced), refresh (rotation, family revocation on reuse, no widening), and
+//! client_credentials; and the token response they share.
+
+use super::*;
+
+impl AuthServer {
+    /// `POST /auth/token`.
+    pub async fn token(
+        &self,
+        base: &str,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+    ) -> Result<serde_json::Value, AuthError> {
+        let client = self.authenticate_client(base, form, basic).await?;
+        match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => self.exchange_code(base, &client, form).await,
+            Some("refresh_token") => self.refresh(base, &client, form).await,
+            Some("client_credentials") => self.client_credentials(base, &client, form).await,
+            Some(other) => Err(AuthError::oauth(
+                "unsupported_grant_type",
+                format!("grant_type {other} is not supported"),
+            )),
+            None => Err(AuthError::oauth("invalid_request", "grant_type is missing")),
+        }
+    }
+
+    async fn exchange_code(
+        &self,
+        base: &str,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<serde_json::Value, AuthError> {
+        let code = form.get("code").map(String::as_str).unwrap_or_default();
+        let key = sha256_hex(code);
+        let Some(record) = self.store.take_record(CODE, &key).await? else {
+            // A code used before: whatever it produced is revoked (RFC 6749 §4.1.2).
+            if let Some((used, _)) = self.get::<serde_json::Value>(USED_CODE, &key).await?
+                && let Some(family) = used["family"].as_str()
+            {
+                self.revoke_family(family).await?;
+                return Err(AuthError::oauth(
+                    "invalid_grant",
+                    "the authorization code was already used; its tokens are revoked",
+                ));
+            }
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "unknown or expired authorization code",
+            ));
+        };
+        let grant: CodeGrant = serde_json::from_slice(&record.value)
+            .map_err(|_| AuthError::oauth("invalid_grant", "unreadable authorization code"))?;
+        let family = random_token(16);
+        self.put(
+            USED_CODE,
+            &key,
+            &serde_json::json!({ "family": family }),
+            SESSION_MS,
+        )
+        .await?;
+        if grant.client_id != client.client_id {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "the code was issued to another client",
+            ));
+        }
+        if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        let verifier = form
+            .get("code_verifier")
+            .map(String::as_str)
+            .unwrap_or_default();
+        if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != grant.code_challenge {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "PKCE verification failed (code_verifier)",
+            ));
+        }
+        let issued = Issued {
+            grant: Grant {
+                subject: grant.subject,
+                client_id: grant.client_id,
+                scopes: Scopes::parse(&grant.scope),
+                patient: grant.patient,
+                fhir_user: grant.fhir_user,
+                family: Some(family),
+            },
+            nonce: grant.nonce,
+        };
+        self.respond(base, issued).await
+    }
+
+    async fn refresh(
+        &self,
+        base: &str,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<serde_json::Value, AuthError> {
+        let presented = form
+            .get("refresh_token")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let key = sha256_hex(presented);
+        let Some((old, expires_at)) = self.get::<RefreshGrant>(REFRESH, &key).await? else {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "unknown or expired refresh token",
+            ));
+        };
+        if old.client_id != client.client_id {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "the refresh token was issued to another client",
+            ));
+        }
+        if self
+            .store
+            .get_record(REVOKED_FAMILY, &old.family)
+            .await?
+            .is_some()
+        {
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "the authorization was revoked",
+            ));
+        }
+        // Rotation: exactly one presenter wins the token; any other presentation is a replay.
+        let taken = self.store.take_record(REFRESH, &key).await?;
+        if old.used || taken.is_none() {
+            self.revoke_family(&old.family).await?;
+            return Err(AuthError::oauth(
+                "invalid_grant",
+                "the refresh token was already used; the authorization is revoked",
+            ));
+        }
+        let used = RefreshGrant {
+            used: true,
+            ..clone_refresh(&old)
+        };
+        self.store
+            .put_record(Record {
+                kind: REFRESH.into(),
+                key,
+                value: serde_json::to_vec(&used).unwrap_or_default(),
+                expires_at,
+            })
+            .await?;
+        let original = Scopes::parse(&old.scope);
+        let scopes = match form.get("scope").filter(|s| !s.is_empty()) {
+            Some(requested) => {
+                let requested = Scopes::parse(requested);
+                if !original.covers(&requested) {
+                    return Err(AuthError::oauth(
+                        "invalid_scope",
+                        "a refresh cannot add scopes the user did not grant",
+                    ));
+                }
+                requested
+            }
+            None => original,
+        };
+        let issued = Issued {
+            grant: Grant {
+                subject: old.subject,
+                client_id: old.client_id,
+                scopes,
+                patient: old.patient,
+                fhir_user: old.fhir_user,
+                family: Some(old.family),
+            },
+            nonce: None,
+        };
+        self.respond(base, issued).await
+    }
+
+    async fn client_credentials(
+        &self,
+        base: &str,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<serde_json::Value, AuthError> {
+        if client.is_public() {
+            return Err(AuthError::oauth(
+                "unauthorized_client",
+                "client_credentials is for confidential clients",
+            ));
+        }
+        let requested = Scopes::parse(form.get("scope").map(String::as_str).unwrap_or_default());
+        let scopes = Scopes::parse(&client.scope).intersect(&requested);
+        if scopes.resources.is_empty() {
+            return Err(AuthError::oauth(
+                "invalid_scope",
+                "none of the requested scopes may be granted to this client",
+            ));
+        }
+        let grant = Grant {
+            subject: client.client_id.clone(),
+            client_id: client.client_id.clone(),
+            scopes,
+            patient: None,
+            fhir_user: None,
+            family: None,
+        };
+        let (token, claims) = self.tokens.issue_access(base, &grant).await?;
+        Ok(serde_json::json!({
+            "access_token": token, "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat, "scope": claims.scope,
+        }))
+    }
+
+    /// The token response for a user authorization (code or refresh).
+    async fn respond(&self, base: &str, issued: Issued) -> Result<serde_json::Value, AuthError> {
+        let grant = &issued.grant;
+        let (token, claims) = self.tokens.issue_access(base, grant).await?;
+        let mut body = serde_json::json!({
+            "access_token": token, "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat, "scope": claims.scope,
+        });
+        if let Some(patient) = &grant.patient {
+            body["patient"] = patient.clone().into();
+            body["need_patient_banner"] = true.into();
+        }
+        if grant.scopes.contains("openid") && grant.scopes.contains("fhirUser") {
+            body["id_token"] = self
+                .tokens
+                .issue_id_token(
+                    base,
+                    &grant.client_id,
+                    &grant.subject,
+                    grant.fhir_user.as_deref(),
+                    issued.nonce.as_deref(),
+                )
+                .await?
+                .into();
+        }
+        if (grant.scopes.contains("offline_access") || grant.scopes.contains("online_access"))
+            && let Some(family) = &grant.family
+        {
+            let refresh = random_token(32);
+            let record = RefreshGrant {
+                family: family.clone(),
+                client_id: grant.client_id.clone(),
+                scope: grant.scopes.to_string(),
+                subject: grant.subject.clone(),
+                fhir_user: grant.fhir_user.clone(),
+                patient: grant.patient.clone(),
+                used: false,
+            };
+            self.put(REFRESH, &sha256_hex(&refresh), &record, REFRESH_MS)
+                .await?;
+            body["refresh_token"] = refresh.into();
+        }
+        Ok(body)
+    }
+
+    pub(super) async fn revoke_family(&self, family: &str) -> Result<(), AuthError> {
+        self.store
+            .put_record(Record {
+                kind: REVOKED_FAMILY.into(),
+                key: family.to_owned(),
+                value: Vec::new(),
+                expires_at: Some(now_millis() + REFRESH_MS),
+            })
+            .await?;
+        Ok(())
+    }
+}
