@@ -115,10 +115,23 @@ pub fn now() -> i64 {
 /// with claims of the caller's choosing.
 pub struct TestIssuer {
     pub url: String,
-    kid: String,
-    key: EncodingKey,
+    /// Published keys, oldest first; the last one signs. `rotate` adds one.
+    keys: std::sync::Arc<std::sync::RwLock<Vec<PublishedKey>>>,
     /// A key the issuer does not publish: tokens signed with it carry an unknown kid.
     stray: EncodingKey,
+}
+
+struct PublishedKey {
+    kid: String,
+    key: EncodingKey,
+    jwk: Value,
+}
+
+fn published_key() -> PublishedKey {
+    let (key, x, y) = p256_key();
+    let kid = kid();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid, "x": x, "y": y});
+    PublishedKey { kid, key, jwk }
 }
 
 fn p256_key() -> (EncodingKey, String, String) {
@@ -151,16 +164,20 @@ impl TestIssuer {
             .await
             .expect("a port");
         let url = format!("http://{}", listener.local_addr().expect("an address"));
-        let (key, x, y) = p256_key();
         let (stray, _, _) = p256_key();
-        let kid = kid();
+        let keys = std::sync::Arc::new(std::sync::RwLock::new(vec![published_key()]));
         let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks"),
             "id_token_signing_alg_values_supported": ["ES256"]})
         .to_string();
-        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid, "x": x, "y": y}]}).to_string();
+        let served = keys.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (discovery, jwks) = (discovery.clone(), jwks.clone());
+                let discovery = discovery.clone();
+                let jwks = {
+                    let keys = served.read().expect("the key list");
+                    json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+                        .to_string()
+                };
                 tokio::spawn(async move {
                     let mut request = vec![0u8; 4096];
                     let n = stream.read(&mut request).await.unwrap_or(0);
@@ -180,19 +197,23 @@ impl TestIssuer {
                 });
             }
         });
-        TestIssuer {
-            url,
-            kid,
-            key,
-            stray,
+        TestIssuer { url, keys, stray }
+    }
+
+    /// Publishes a new key and signs with it from now on (the old one stays published).
+    pub fn rotate(&self) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.push(published_key());
         }
     }
 
     /// A token with these claims (iss defaults to this issuer), signed with its published key.
     pub fn mint(&self, claims: &Value) -> String {
+        let keys = self.keys.read().expect("the key list");
+        let signing = keys.last().expect("a published key");
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &self.with_issuer(claims), &self.key).expect("a token")
+        header.kid = Some(signing.kid.clone());
+        jsonwebtoken::encode(&header, &self.with_issuer(claims), &signing.key).expect("a token")
     }
 
     /// A token signed with a key this issuer never published.

@@ -171,6 +171,18 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             )
             .await;
             check_401("unknown kid", issuer.mint_with_unknown_key(&good), report).await;
+            // Not an attack but its twin: the issuer rotates to a new key, which the server has
+            // not seen; it must fetch the JWKS again rather than refuse for good. Servers
+            // rightly limit how often an unknown kid makes them refetch, hence the wait.
+            issuer.rotate();
+            tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+            let rotated = refused(&issuer.mint(&good)).await;
+            report.check(
+                SUITE,
+                "a trusted issuer's rotated key is picked up (JWKS fetched again on an unknown kid)",
+                rotated.status == 200,
+                rotated.summary(),
+            );
         }
         None => report.check(
             SUITE,
