@@ -89,10 +89,16 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
+#[utoipa::path(get, path = "/.well-known/smart-configuration", tag = "authorization",
+    responses((status = 200, description = "SMART discovery (also at /fhir/.well-known/smart-configuration)", body = serde_json::Value)),
+    security(()))]
 pub async fn smart_config(base: BaseUrl) -> Response {
     json_response(StatusCode::OK, &smart_configuration(&base.0))
 }
 
+#[utoipa::path(get, path = "/fhir/.well-known/openid-configuration", tag = "authorization",
+    responses((status = 200, description = "OpenID discovery for id_token verification", body = serde_json::Value)),
+    security(()))]
 pub async fn openid_config(base: BaseUrl) -> Response {
     let endpoints = Endpoints::for_base(&base.0);
     json_response(
@@ -109,11 +115,18 @@ pub async fn openid_config(base: BaseUrl) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/auth/jwks", tag = "authorization",
+    responses((status = 200, description = "The token signing keys (ES256)", body = serde_json::Value)),
+    security(()))]
 pub async fn jwks(State(state): State<HttpState>) -> Response {
     json_response(StatusCode::OK, &state.auth.tokens.keyring().jwks().await)
 }
 
 /// `GET /auth/authorize` (parameters in the query).
+#[utoipa::path(get, path = "/auth/authorize", tag = "authorization",
+    params(("response_type" = String, Query), ("client_id" = String, Query), ("redirect_uri" = String, Query), ("scope" = String, Query), ("state" = Option<String>, Query), ("aud" = String, Query), ("code_challenge" = String, Query), ("code_challenge_method" = String, Query, description = "S256"), ("launch" = Option<String>, Query)),
+    responses((status = 200, description = "The login page (HTML)"), (status = 303, description = "Back to the app with an error"), (status = 400, description = "Unknown client or redirect_uri (HTML, no redirect)")),
+    security(()))]
 pub async fn authorize_get(
     State(state): State<HttpState>,
     base: BaseUrl,
@@ -123,6 +136,10 @@ pub async fn authorize_get(
 }
 
 /// `POST /auth/authorize` (parameters in the form body; SMART's `authorize-post`).
+#[utoipa::path(post, path = "/auth/authorize", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "The same parameters as GET"),
+    responses((status = 200, description = "The login page (HTML)"), (status = 303, description = "Back to the app with an error"), (status = 400, description = "Unknown client or redirect_uri (HTML)")),
+    security(()))]
 pub async fn authorize_post(
     State(state): State<HttpState>,
     base: BaseUrl,
@@ -141,6 +158,10 @@ async fn authorize(state: &HttpState, base: &BaseUrl, params: HashMap<String, St
 }
 
 /// `POST /auth/login`: the login form.
+#[utoipa::path(post, path = "/auth/login", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "session, username, password"),
+    responses((status = 200, description = "The approval page, or the login page again (HTML)")),
+    security(()))]
 pub async fn login(State(state): State<HttpState>, body: Bytes) -> Response {
     let fields = form(&body);
     let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
@@ -165,6 +186,10 @@ pub async fn login(State(state): State<HttpState>, body: Bytes) -> Response {
 }
 
 /// `POST /auth/approve`: the approval form; sends the browser back to the app (303).
+#[utoipa::path(post, path = "/auth/approve", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "session, decision=approve|deny, patient (a practitioner's choice)"),
+    responses((status = 303, description = "Back to the app with a code or access_denied")),
+    security(()))]
 pub async fn approve(State(state): State<HttpState>, body: Bytes) -> Response {
     let fields = form(&body);
     let approve = fields.get("decision").map(String::as_str) == Some("approve");
@@ -182,6 +207,10 @@ pub async fn approve(State(state): State<HttpState>, body: Bytes) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/auth/token", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "grant_type=authorization_code|refresh_token|client_credentials and its parameters"),
+    responses((status = 200, description = "access_token, token_type, expires_in, scope, patient, id_token, refresh_token", body = serde_json::Value), (status = 400, description = "OAuth error", body = serde_json::Value), (status = 401, description = "invalid_client", body = serde_json::Value)),
+    security(()))]
 pub async fn token(
     State(state): State<HttpState>,
     base: BaseUrl,
@@ -198,6 +227,10 @@ pub async fn token(
     }
 }
 
+#[utoipa::path(post, path = "/auth/introspect", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token (RFC 7662), with client authentication"),
+    responses((status = 200, description = "active and the token's claims", body = serde_json::Value), (status = 401, description = "invalid_client", body = serde_json::Value)),
+    security(()))]
 pub async fn introspect(
     State(state): State<HttpState>,
     base: BaseUrl,
@@ -214,6 +247,10 @@ pub async fn introspect(
     }
 }
 
+#[utoipa::path(post, path = "/auth/revoke", tag = "authorization",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token (RFC 7009), with client authentication"),
+    responses((status = 200, description = "Revoked (or already unknown)")),
+    security(()))]
 pub async fn revoke(
     State(state): State<HttpState>,
     base: BaseUrl,
@@ -230,6 +267,10 @@ pub async fn revoke(
     }
 }
 
+#[utoipa::path(post, path = "/auth/register", tag = "authorization",
+    request_body(content = serde_json::Value, description = "RFC 7591 client metadata"),
+    responses((status = 201, description = "client_id (and client_secret)", body = serde_json::Value), (status = 401, description = "The admin token is required", body = serde_json::Value)),
+    security(("bearer" = [])))]
 pub async fn register(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(metadata) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return oauth_error(AuthError::oauth(
@@ -248,6 +289,10 @@ pub async fn register(State(state): State<HttpState>, headers: HeaderMap, body: 
 }
 
 /// `POST /auth/launch` with `{"patient": "123"}`, by an EHR with its own access token.
+#[utoipa::path(post, path = "/auth/launch", tag = "authorization",
+    request_body(content = serde_json::Value, description = "{\"patient\": \"123\"}"),
+    responses((status = 201, description = "{\"launch\": \"…\"}", body = serde_json::Value), (status = 403, description = "Not an EHR (user or system scopes)", body = serde_json::Value)),
+    security(("bearer" = [])))]
 pub async fn launch(State(state): State<HttpState>, principal: Principal, body: Bytes) -> Response {
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let patient = request["patient"].as_str().unwrap_or_default();

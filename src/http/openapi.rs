@@ -8,7 +8,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use super::{crud, history, metadata};
+use utoipa::Modify;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::{crud, history, metadata, oauth};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,9 +31,42 @@ use super::{crud, history, metadata};
         history::system,
         history::type_level,
         history::instance,
-    )
+        oauth::smart_config,
+        oauth::openid_config,
+        oauth::jwks,
+        oauth::authorize_get,
+        oauth::authorize_post,
+        oauth::login,
+        oauth::approve,
+        oauth::token,
+        oauth::introspect,
+        oauth::revoke,
+        oauth::register,
+        oauth::launch,
+    ),
+    modifiers(&BearerSecurity),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Every FHIR interaction takes a SMART access token (`Authorization: Bearer …`).
+struct BearerSecurity;
+
+impl Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A SMART on FHIR access token (ES256 JWT)"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as pretty JSON.
 pub fn document() -> String {
