@@ -201,6 +201,15 @@ impl Config {
             .clone()
             .or(file.base_url)
             .map(|u| u.trim_end_matches('/').to_owned());
+        let trusts_issuers = !args.storage.trusted_issuers.is_empty()
+            || file.trusted_issuers.as_ref().is_some_and(|t| !t.is_empty());
+        if trusts_issuers && base_url.is_none() {
+            return Err(
+                "with trusted issuers, set --base-url (INTELLIHEALTH_BASE_URL): the audience \
+                        their tokens must carry cannot be taken from each request's Host header"
+                    .into(),
+            );
+        }
         Ok(Config {
             listen: args
                 .listen
@@ -320,6 +329,20 @@ mod tests {
         };
         assert!(!format!("{backends:?}").contains("secret"));
         assert_eq!(backends.profile(), "mixed (MongoDB index, local blobs)");
+    }
+
+    #[test]
+    fn trusting_an_issuer_needs_a_fixed_base_url() {
+        let mut args = ServeArgs::default();
+        args.storage.trusted_issuers = vec!["https://idp.example".into()];
+        assert!(Config::resolve(&args).unwrap_err().contains("--base-url"));
+        args.base_url = Some("https://fhir.example/fhir/".into());
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(
+            config.base_url.as_deref(),
+            Some("https://fhir.example/fhir")
+        );
+        assert_eq!(config.trusted_issuers, ["https://idp.example"]);
     }
 
     #[test]

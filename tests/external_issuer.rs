@@ -77,7 +77,9 @@ async fn a_trusted_issuers_tokens_are_accepted_and_an_untrusted_ones_refused() {
     let trusting_dir = tempfile::tempdir().unwrap();
     let credentials = provision(trusting_dir.path(), &Profile::Embedded);
     let trust = [("INTELLIHEALTH_TRUSTED_ISSUERS".to_owned(), idp.url.clone())];
-    let trusting = Spawned::with_env(trusting_dir.path(), &[], &Profile::Embedded, None, &trust)
+    let (listen, base_url) = common::fixed_address();
+    let args = ["--listen", listen.as_str(), "--base-url", base_url.as_str()];
+    let trusting = Spawned::with_env(trusting_dir.path(), &args, &Profile::Embedded, None, &trust)
         .with_credentials(credentials)
         .ready(Duration::from_secs(60))
         .unwrap_or_else(|_| panic!("the server starts"));

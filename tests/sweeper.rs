@@ -84,5 +84,6 @@ async fn the_embedded_sweeper_removes_only_unreferenced_blobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_sweeper_removes_only_unreferenced_blobs() {
-    sweeps_only_what_nothing_references(Profile::services("sweeper")).await;
+    let ipfs = common::services::OwnIpfs::start();
+    sweeps_only_what_nothing_references(Profile::services_with("sweeper", &ipfs)).await;
 }

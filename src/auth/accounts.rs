@@ -74,6 +74,12 @@ pub fn hash_secret(secret: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A hash no password matches, computed once, for `authenticate` of unknown users.
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_secret(&crate::auth::tokens::random_token(24)))
+}
+
 pub fn verify_secret(hash: &str, secret: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| {
         Argon2::default()
@@ -122,7 +128,14 @@ impl Accounts {
         password: &str,
     ) -> Result<Option<User>, AuthError> {
         let user: Option<User> = self.get(USER, username).await?;
-        Ok(user.filter(|u| verify_secret(&u.password_hash, password)))
+        match user {
+            Some(user) => Ok(verify_secret(&user.password_hash, password).then_some(user)),
+            None => {
+                // The same argon2 work as for a real user, so timing does not tell who exists.
+                verify_secret(unknown_user_hash(), password);
+                Ok(None)
+            }
+        }
     }
 
     pub async fn user(&self, username: &str) -> Result<Option<User>, AuthError> {

@@ -81,12 +81,19 @@ impl Principal {
         self.scopes
             .permitting(permission, resource_type)
             .any(|scope| {
-                let in_compartment = match scope.context {
-                    Context::Patient => self
-                        .patient
-                        .as_ref()
-                        .is_some_and(|p| patients.iter().any(|x| x == p)),
-                    Context::User | Context::System => true,
+                let in_compartment = match (scope.context, &self.patient) {
+                    // Reading: the version is in the patient's compartment. Writing: it is in
+                    // no one else's, so a patient cannot put data into another record.
+                    (Context::Patient, Some(p))
+                        if permission == Permission::Read || permission == Permission::Search =>
+                    {
+                        patients.iter().any(|x| x == p)
+                    }
+                    (Context::Patient, Some(p)) => {
+                        !patients.is_empty() && patients.iter().all(|x| x == p)
+                    }
+                    (Context::Patient, None) => false,
+                    (Context::User | Context::System, _) => true,
                 };
                 in_compartment
                     && (scope.query.is_empty()
@@ -94,12 +101,12 @@ impl Principal {
             })
     }
 
-    /// Whether a scope with a query could restrict `permission` on `resource_type`, so the
-    /// content must be opened before deciding.
+    /// Whether a scope with a query permits `permission` on `resource_type`, so the content
+    /// must be opened before deciding (without it, such a scope can never grant).
     pub fn needs_content(&self, permission: Permission, resource_type: &str) -> bool {
         self.scopes
             .permitting(permission, resource_type)
-            .all(|scope| !scope.query.is_empty())
+            .any(|scope| !scope.query.is_empty())
     }
 
     /// The patient a listing must be narrowed to: `Some` when only `patient/` scopes allow
@@ -254,6 +261,17 @@ mod tests {
         assert_eq!(u.confined_to(Permission::Search, Some("Observation")), None);
         let none = principal("patient/*.rs", None);
         assert!(!none.reaches(Permission::Read, "Patient", &["p1".into()], None));
+    }
+
+    #[test]
+    fn a_patient_scope_writes_only_into_its_own_patients_record() {
+        let p = principal("patient/Observation.cruds", Some("p1"));
+        let mine = ["p1".to_owned()];
+        let shared = ["p2".to_owned(), "p1".to_owned()];
+        assert!(p.reaches(Permission::Create, "Observation", &mine, None));
+        assert!(!p.reaches(Permission::Create, "Observation", &shared, None));
+        assert!(!p.reaches(Permission::Update, "Observation", &[], None));
+        assert!(p.reaches(Permission::Read, "Observation", &shared, None));
     }
 
     #[test]

@@ -148,9 +148,41 @@ pub async fn authorize_post(
     authorize(&state, &base, form(&body)).await
 }
 
+/// The cookie that binds a sign-in to the browser that started it.
+const BROWSER_COOKIE: &str = "intellihealth_signin";
+
+fn browser_secret(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
 async fn authorize(state: &HttpState, base: &BaseUrl, params: HashMap<String, String>) -> Response {
     match state.auth.begin(&base.0, &params).await {
-        Ok(Begun::Login { session, pending }) => pages::login(&session, &pending, None),
+        Ok(Begun::Login {
+            session,
+            browser,
+            pending,
+        }) => {
+            let mut page = pages::login(&session, &pending, None);
+            let secure = if base.0.starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!(
+                "{BROWSER_COOKIE}={browser}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}"
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                page.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            page
+        }
         Ok(Begun::Refuse(why)) => pages::error(StatusCode::BAD_REQUEST, &why),
         Ok(Begun::Redirect(to)) => Redirect::to(&to).into_response(),
         Err(e) => pages::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -162,16 +194,22 @@ async fn authorize(state: &HttpState, base: &BaseUrl, params: HashMap<String, St
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "session, username, password"),
     responses((status = 200, description = "The approval page, or the login page again (HTML)")),
     security(()))]
-pub async fn login(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let fields = form(&body);
     let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
     let session = field("session");
+    let browser = browser_secret(&headers);
     match state
         .auth
-        .login(session, field("username"), field("password"))
+        .login(
+            session,
+            browser.as_deref(),
+            field("username"),
+            field("password"),
+        )
         .await
     {
-        Ok(Some(pending)) => pages::approve(session, &pending),
+        Ok(Some((renewed, pending))) => pages::approve(&renewed, &pending),
         Ok(None) => match state.auth.pending(session).await {
             Ok(Some(pending)) => {
                 pages::login(session, &pending, Some("Wrong username or password."))
@@ -190,7 +228,7 @@ pub async fn login(State(state): State<HttpState>, body: Bytes) -> Response {
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "session, decision=approve|deny, patient (a practitioner's choice)"),
     responses((status = 303, description = "Back to the app with a code or access_denied")),
     security(()))]
-pub async fn approve(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn approve(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let fields = form(&body);
     let approve = fields.get("decision").map(String::as_str) == Some("approve");
     let patient = fields
@@ -201,7 +239,12 @@ pub async fn approve(State(state): State<HttpState>, body: Bytes) -> Response {
         .get("session")
         .map(String::as_str)
         .unwrap_or_default();
-    match state.auth.decide(session, approve, patient).await {
+    let browser = browser_secret(&headers);
+    match state
+        .auth
+        .decide(session, browser.as_deref(), approve, patient)
+        .await
+    {
         Ok(to) => Redirect::to(&to).into_response(),
         Err(e) => pages::error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
@@ -290,13 +333,18 @@ pub async fn register(State(state): State<HttpState>, headers: HeaderMap, body: 
 
 /// `POST /auth/launch` with `{"patient": "123"}`, by an EHR with its own access token.
 #[utoipa::path(post, path = "/auth/launch", tag = "authorization",
-    request_body(content = serde_json::Value, description = "{\"patient\": \"123\"}"),
+    request_body(content = serde_json::Value, description = "{\"patient\": \"123\", \"client_id\": \"the app (optional: binds the launch to it)\"}"),
     responses((status = 201, description = "{\"launch\": \"…\"}", body = serde_json::Value), (status = 403, description = "Not an EHR (user or system scopes)", body = serde_json::Value)),
     security(("bearer" = [])))]
 pub async fn launch(State(state): State<HttpState>, principal: Principal, body: Bytes) -> Response {
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let patient = request["patient"].as_str().unwrap_or_default();
-    match state.auth.create_launch(&principal, patient).await {
+    let client_id = request["client_id"].as_str();
+    match state
+        .auth
+        .create_launch(&principal, patient, client_id)
+        .await
+    {
         Ok(launch) => json_response(
             StatusCode::CREATED,
             &serde_json::json!({ "launch": launch }),
@@ -333,7 +381,11 @@ mod pages {
         headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
         headers.insert(
             "content-security-policy",
-            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+            // No form-action: browsers apply it to the redirect after the approval post too,
+            // which would stop the way back to the app.
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
         );
         response
     }

@@ -151,8 +151,8 @@ impl Repository {
         }
     }
 
-    /// Whether a resource ever existed, for a principal who may read its type (instance
-    /// history of an unknown id is a 404).
+    /// Whether a resource ever existed, for a principal who may read it (instance history of
+    /// an unknown id is a 404; of one beyond the principal's reach, a 403, as a read would be).
     pub async fn exists(
         &self,
         principal: &Principal,
@@ -164,7 +164,13 @@ impl Repository {
         let current = self
             .bounded("index", self.index.current(resource_type.as_str(), id))
             .await?;
-        Ok(current.is_some())
+        match current {
+            None => Ok(false),
+            Some(record) => match self.visible(principal, Permission::Read, record).await? {
+                Visible::Yes(_) | Visible::Deleted(_) => Ok(true),
+                Visible::No(_) => Err(RepoError::forbidden(resource_type, id)),
+            },
+        }
     }
 }
 

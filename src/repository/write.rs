@@ -83,19 +83,44 @@ impl Repository {
                 });
             }
             let created = current.as_ref().is_none_or(VersionRecord::deleted);
-            if let Some(existing) = current.as_ref().filter(|r| !r.deleted())
-                && !principal.reaches(
+            // Update-as-create creates: it needs `c` as well as `u`.
+            if created {
+                principal.check(Permission::Create, resource_type.as_str())?;
+            }
+            // The version replaced must be within reach too (a delete keeps its compartment),
+            // judged on its own content when a scope has a query.
+            if let Some(existing) = &current {
+                let content = if principal.needs_content(Permission::Update, resource_type.as_str())
+                    && !existing.deleted()
+                {
+                    self.load(existing.clone()).await?.content
+                } else {
+                    None
+                };
+                let parsed = content
+                    .as_deref()
+                    .and_then(|c| crate::fhir::json::parse(c).ok());
+                let content = if existing.deleted() {
+                    Some(&resource)
+                } else {
+                    parsed.as_ref()
+                };
+                if !principal.reaches(
                     Permission::Update,
                     resource_type.as_str(),
                     &existing.patients,
-                    Some(&resource),
-                )
-            {
-                return Err(RepoError::forbidden(resource_type, id));
+                    content,
+                ) {
+                    return Err(RepoError::forbidden(resource_type, id));
+                }
             }
             let write = Write {
                 principal,
-                permission: Permission::Update,
+                permission: if created {
+                    Permission::Create
+                } else {
+                    Permission::Update
+                },
                 resource_type,
                 id,
                 current: current.as_ref(),

@@ -32,6 +32,14 @@ impl Profile {
         }
     }
 
+    /// The services profile on a database of its own and an IPFS node of its own.
+    pub fn services_with(tag: &str, ipfs: &services::OwnIpfs) -> Profile {
+        Profile::Services {
+            mongodb_uri: services::fresh_database_uri(tag),
+            ipfs_api: ipfs.api.clone(),
+        }
+    }
+
     pub fn env(&self) -> Vec<(String, String)> {
         match self {
             Profile::Embedded => Vec::new(),
@@ -115,6 +123,19 @@ pub fn command(env: &[(String, String)]) -> Command {
     command
 }
 
+/// A free local port (found by binding port 0), as `--listen` and `--base-url` values: for
+/// servers whose base URL must be fixed before they start.
+pub fn fixed_address() -> (String, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    (
+        format!("127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}/fhir"),
+    )
+}
+
 impl Spawned {
     /// Starts `intellihealth serve` on a free port with its data in `data_dir`; its log goes
     /// to `stderr` (a file) or is inherited.
@@ -150,10 +171,11 @@ impl Spawned {
         let mut all = profile.env();
         all.extend_from_slice(env);
         let mut command = command(&all);
+        command.arg("serve");
+        if !extra_args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
@@ -345,16 +367,20 @@ pub async fn conformance_suite_passes(profile: Profile) {
         ("INTELLIHEALTH_ADMIN_TOKEN".to_owned(), admin_token),
     ];
     let limit = CONFORMANCE_BODY_LIMIT.to_string();
-    let server = Spawned::with_env(
-        dir.path(),
-        &["--max-body-bytes", &limit],
-        &profile,
-        None,
-        &env,
-    )
-    .with_credentials(credentials)
-    .ready(Duration::from_secs(60))
-    .unwrap_or_else(|_| panic!("the server did not print its address within 60 s"));
+    // Trusting an issuer requires a fixed base URL (the audience of its tokens).
+    let (listen, base_url) = fixed_address();
+    let args = [
+        "--max-body-bytes",
+        &limit,
+        "--listen",
+        &listen,
+        "--base-url",
+        &base_url,
+    ];
+    let server = Spawned::with_env(dir.path(), &args, &profile, None, &env)
+        .with_credentials(credentials)
+        .ready(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the server did not print its address within 60 s"));
     let report = conformance_tests::run(&conformance_tests::Options {
         base_url: server.base_url.clone(),
         bearer: Some(server.token().await),

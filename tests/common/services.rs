@@ -35,3 +35,46 @@ pub fn fresh_database_uri(tag: &str) -> String {
         .map_or(base.len(), |i| scheme_end + i);
     format!("{}/{database}{query}", &base[..hosts_end])
 }
+
+/// An IPFS node of the test's own, for tests that sweep: a sweep removes every pin no index row
+/// of *its* database references, so it must not run over a node other tests share.
+pub struct OwnIpfs {
+    dir: tempfile::TempDir,
+    pub api: String,
+}
+
+impl OwnIpfs {
+    pub fn start() -> OwnIpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
+        let output = std::process::Command::new(script)
+            .arg("up")
+            .arg(dir.path())
+            .arg("ipfs")
+            .output()
+            .expect("scripts/services runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let api = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export INTELLIHEALTH_IPFS_API="))
+            .map(|v| v.trim_matches('\'').to_owned())
+            .expect("an IPFS API address");
+        OwnIpfs { dir, api }
+    }
+}
+
+impl Drop for OwnIpfs {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
+        let _ = std::process::Command::new(script)
+            .arg("down")
+            .arg(self.dir.path())
+            .arg("ipfs")
+            .output();
+    }
+}

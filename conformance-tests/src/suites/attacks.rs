@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::SuiteContext;
 use super::smart::{
-    Decision, SmartFixtures, authorize, discover, exchange, http, oauth_code, patient_tokens,
-    refresh,
+    Decision, SmartFixtures, authorize, authorized, discover, exchange, http, oauth_code,
+    patient_tokens, refresh,
 };
 use crate::client::Client as FhirClient;
 use crate::keys::now;
@@ -334,5 +334,316 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             false,
             e,
         ),
+    }
+
+    review_cases(ctx, fx, &d, report).await;
+}
+
+/// Cases that pin down how a patient's authorization is confined (each found in a review).
+async fn review_cases(
+    ctx: &SuiteContext,
+    fx: &SmartFixtures,
+    d: &super::smart::Discovered,
+    report: &mut Report,
+) {
+    let base = ctx.client.base.clone();
+    let patient = &fx.patient_user.patient_id;
+    let other = &fx.other_patient_id;
+    let as_token = |token: String| FhirClient::new(&base, Some(token));
+
+    // A patient cannot be granted user/ scopes, even through an app allowed them.
+    match patient_tokens(d, fx, "launch/patient user/*.rs patient/*.rs").await {
+        Ok(t) => {
+            let scopes: Vec<String> = t
+                .scopes()
+                .map(|s| s.iter().map(|x| x.to_string()).collect())
+                .unwrap_or_default();
+            let read = as_token(t.access_token().secret().clone())
+                .get(&format!("Patient/{other}"))
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "a patient signing in is never granted user/ scopes (no reading everyone)",
+                !scopes.iter().any(|s| s.starts_with("user/")) && read.status == 403,
+                format!("{scopes:?} {}", read.status),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "a patient signing in is never granted user/ scopes (no reading everyone)",
+            false,
+            e,
+        ),
+    }
+
+    // patient/ write scopes write only into the patient's own record.
+    match patient_tokens(d, fx, "launch/patient patient/*.cruds").await {
+        Ok(t) => {
+            let c = as_token(t.access_token().secret().clone());
+            let foreign = json!({"resourceType": "Observation", "status": "final", "code": {"text": "planted"},
+                "subject": {"reference": format!("Patient/{other}")}, "performer": [{"reference": format!("Patient/{patient}")}]});
+            let planted = c.post_json("Observation", &foreign).send().await;
+            report.check(
+                SUITE,
+                "a patient token cannot write into another patient's record",
+                planted.status == 403,
+                planted.summary(),
+            );
+            let own = json!({"resourceType": "Observation", "status": "final", "code": {"text": "mine"}, "subject": {"reference": format!("Patient/{patient}")}});
+            let created = c.post_json("Observation", &own).send().await;
+            report.check(
+                SUITE,
+                "a patient token with c writes into its own record",
+                created.status == 201,
+                created.summary(),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "a patient token cannot write into another patient's record",
+            false,
+            e,
+        ),
+    }
+
+    // Update-as-create needs c, not only u.
+    match patient_tokens(d, fx, "launch/patient patient/Observation.ru").await {
+        Ok(t) => {
+            let id = format!("ru-{:08x}", rand::random::<u32>());
+            let body = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}});
+            let put = as_token(t.access_token().secret().clone())
+                .put_json(&format!("Observation/{id}"), &body)
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "update-as-create without c is 403",
+                put.status == 403,
+                put.summary(),
+            );
+        }
+        Err(e) => report.check(SUITE, "update-as-create without c is 403", false, e),
+    }
+
+    // A query-restricted update scope judges the stored version, not the new body.
+    let lab = json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"text": "lab"}, "subject": {"reference": format!("Patient/{patient}")}});
+    let stored = ctx
+        .client
+        .post_json("Observation", &lab)
+        .send()
+        .await
+        .json()
+        .unwrap_or_default();
+    let lab_id = stored["id"].as_str().unwrap_or_default().to_owned();
+    match patient_tokens(
+        d,
+        fx,
+        "launch/patient patient/Observation.ru?category=vital-signs",
+    )
+    .await
+    {
+        Ok(t) => {
+            let mut disguised = stored.clone();
+            disguised["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}]);
+            let put = as_token(t.access_token().secret().clone())
+                .put_json(&format!("Observation/{lab_id}"), &disguised)
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "a vital-signs-only scope cannot overwrite a lab result by relabelling it",
+                put.status == 403,
+                put.summary(),
+            );
+        }
+        Err(e) => report.check(
+            SUITE,
+            "a vital-signs-only scope cannot overwrite a lab result by relabelling it",
+            false,
+            e,
+        ),
+    }
+
+    // Launches: used once, by the app they name, never to widen a patient's own context.
+    let root = base.trim_end_matches("/fhir").to_owned();
+    let launch = |patient: String, client: Option<String>| {
+        let (c, root) = (ctx.client.clone(), root.clone());
+        async move {
+            let body = json!({"patient": patient, "client_id": client});
+            let reply = c
+                .request(reqwest::Method::POST, &format!("{root}/auth/launch"))
+                .header("content-type", "application/json")
+                .body(body.to_string().into_bytes())
+                .send()
+                .await;
+            reply
+                .json()
+                .and_then(|v| v["launch"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        }
+    };
+    let doctor = Decision {
+        user: &fx.practitioner,
+        approve: true,
+        choose_patient: false,
+    };
+    let once = launch(fx.practitioner.patient_id.clone(), None).await;
+    let first = authorized(
+        d,
+        fx,
+        "launch patient/*.rs",
+        &[("launch", once.as_str())],
+        &doctor,
+    )
+    .await;
+    let second = authorize(
+        d,
+        fx,
+        "launch patient/*.rs",
+        &[("launch", once.as_str())],
+        &doctor,
+    )
+    .await;
+    report.check(
+        SUITE,
+        "a launch is used once",
+        first.is_ok() && second.is_err(),
+        second.map(|a| a.redirected_to).unwrap_or_else(|e| e),
+    );
+    let bound = launch(
+        fx.practitioner.patient_id.clone(),
+        Some("some-other-app".into()),
+    )
+    .await;
+    let elsewhere = authorize(
+        d,
+        fx,
+        "launch patient/*.rs",
+        &[("launch", bound.as_str())],
+        &doctor,
+    )
+    .await;
+    report.check(
+        SUITE,
+        "a launch bound to another app is refused",
+        elsewhere.is_err(),
+        String::new(),
+    );
+    let foreign = launch(other.clone(), None).await;
+    let me = Decision {
+        user: &fx.patient_user,
+        approve: true,
+        choose_patient: false,
+    };
+    let widened = authorized(
+        d,
+        fx,
+        "launch patient/*.rs",
+        &[("launch", foreign.as_str())],
+        &me,
+    )
+    .await;
+    report.check(
+        SUITE,
+        "a patient cannot use a launch for another patient",
+        widened.is_err(),
+        String::new(),
+    );
+    match patient_tokens(d, fx, "launch/patient patient/*.rs").await {
+        Ok(t) => {
+            let attempt = as_token(t.access_token().secret().clone())
+                .request(reqwest::Method::POST, &format!("{root}/auth/launch"))
+                .header("content-type", "application/json")
+                .body(json!({"patient": other}).to_string().into_bytes())
+                .send()
+                .await;
+            report.check(
+                SUITE,
+                "a patient's app cannot create launches",
+                attempt.status == 403,
+                attempt.summary(),
+            );
+        }
+        Err(e) => report.check(SUITE, "a patient's app cannot create launches", false, e),
+    }
+
+    // The sign-in is bound to the browser that started it.
+    let client = super::smart::http();
+    let url = format!(
+        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=s&aud={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        d.authorize, fx.app_client_id, "https%3A%2F%2Fapp.example%2Fcallback", base
+    );
+    let page = match client.get(&url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let marker = "name=\"session\" value=\"";
+    let session = page
+        .find(marker)
+        .map(|at| &page[at + marker.len()..])
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned();
+    // Another browser (no cookie) posts the login with that session, as a forged form would.
+    let forged = client
+        .post(format!("{root}/auth/login"))
+        .form(&[
+            ("session", session.as_str()),
+            ("username", fx.patient_user.username.as_str()),
+            ("password", fx.patient_user.password.as_str()),
+        ])
+        .send()
+        .await;
+    let forged_ok = match forged {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            status == 400 && !text.contains("decision")
+        }
+        Err(_) => false,
+    };
+    report.check(
+        SUITE,
+        "a sign-in posted from another browser (no cookie) is refused",
+        !session.is_empty() && forged_ok,
+        String::new(),
+    );
+
+    // Introspection tells a client only about its own tokens.
+    if let Ok(patient_token) = patient_tokens(d, fx, "launch/patient patient/*.rs").await {
+        let seen = client
+            .post(&d.introspect)
+            .basic_auth(&fx.secret_client_id, Some(&fx.secret))
+            .form(&[("token", patient_token.access_token().secret().as_str())])
+            .send()
+            .await;
+        let body: Value = match seen {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        report.check(
+            SUITE,
+            "introspecting another client's token says inactive",
+            body["active"] == false,
+            body.to_string(),
+        );
+    }
+
+    // Two presentations of one refresh token at once: at most one wins.
+    if let Ok(t) = patient_tokens(d, fx, "launch/patient offline_access patient/*.rs").await {
+        let token = t
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .unwrap_or_default();
+        let (a, b) = tokio::join!(refresh(d, fx, &token, None), refresh(d, fx, &token, None));
+        report.check(
+            SUITE,
+            "concurrent use of one refresh token never yields two token chains",
+            !(a.is_ok() && b.is_ok()),
+            String::new(),
+        );
     }
 }

@@ -1,6 +1,13 @@
 //! The authorization endpoint and its pages' logic: the request checked (client, exact
 //! redirect_uri, PKCE S256, `aud`, scopes, EHR launch), the login, and the user's decision,
 //! which yields a single-use code.
+//!
+//! Who signs in limits what is granted, whatever the client may ask for: `system/` scopes
+//! never come from a user's authorization; a patient gets only `patient/` scopes, confined
+//! to their own record; only a practitioner may hold `user/` scopes or pick a patient. The
+//! sign-in is bound to the browser that started it (an HttpOnly cookie whose hash the pending
+//! authorization keeps) and its session id changes at login, so neither a forged login post nor
+//! a stolen session id lets someone else approve.
 
 use super::*;
 
@@ -32,6 +39,7 @@ impl AuthServer {
             ));
         };
         let state = param("state");
+        let browser = random_token(24);
         let fail = |error: &str, description: &str| {
             let mut pairs = vec![("error", error), ("error_description", description)];
             if let Some(state) = state {
@@ -57,8 +65,8 @@ impl AuthServer {
         if param("aud").map(|a| a.trim_end_matches('/')) != Some(base) {
             return fail("invalid_request", "aud must be this server's FHIR base URL");
         }
-        let granted = Scopes::parse(&client.scope)
-            .intersect(&Scopes::parse(param("scope").unwrap_or_default()));
+        let requested = Scopes::parse(param("scope").unwrap_or_default());
+        let granted = without_system_scopes(&Scopes::parse(&client.scope).intersect(&requested));
         if granted.granted.is_empty() {
             return fail(
                 "invalid_scope",
@@ -66,9 +74,23 @@ impl AuthServer {
             );
         }
         let launch_patient = match param("launch") {
-            Some(launch) => match self.get::<serde_json::Value>(LAUNCH, launch).await? {
-                Some((context, _)) => context["patient"].as_str().map(str::to_owned),
-                None => return fail("invalid_request", "unknown or expired launch"),
+            Some(_) if !granted.contains("launch") => {
+                return fail("invalid_scope", "an EHR launch needs the launch scope");
+            }
+            // A launch is used once, and only by the client it was made for (if it names one).
+            Some(launch) => match self.store.take_record(LAUNCH, launch).await? {
+                Some(record) => {
+                    let context: serde_json::Value =
+                        serde_json::from_slice(&record.value).unwrap_or_default();
+                    if context["client_id"]
+                        .as_str()
+                        .is_some_and(|bound| bound != client.client_id)
+                    {
+                        return fail("invalid_request", "this launch is for another app");
+                    }
+                    context["patient"].as_str().map(str::to_owned)
+                }
+                None => return fail("invalid_request", "unknown, used or expired launch"),
             },
             None => None,
         };
@@ -81,6 +103,7 @@ impl AuthServer {
             code_challenge: code_challenge.to_owned(),
             nonce: param("nonce").map(str::to_owned),
             launch_patient,
+            browser: sha256_hex(&browser),
             username: None,
             fhir_user: None,
         };
@@ -88,6 +111,7 @@ impl AuthServer {
         self.put(SESSION, &session, &pending, SESSION_MS).await?;
         Ok(Begun::Login {
             session,
+            browser,
             pending: Box::new(pending),
         })
     }
@@ -97,42 +121,59 @@ impl AuthServer {
         Ok(self.get::<Pending>(SESSION, session).await?.map(|(p, _)| p))
     }
 
-    /// The login form's post: `Ok(Some(pending))` when the user is known and the password theirs.
+    /// The login form's post. On success the session id changes: `Ok(Some((new_session,
+    /// pending)))`; `Ok(None)` for a wrong username or password.
     pub async fn login(
         &self,
         session: &str,
+        browser: Option<&str>,
         username: &str,
         password: &str,
-    ) -> Result<Option<Pending>, AuthError> {
-        let Some(mut pending) = self.pending(session).await? else {
-            return Err(AuthError::oauth(
-                "invalid_request",
-                "this sign-in has expired; start again from the app",
-            ));
+    ) -> Result<Option<(String, Pending)>, AuthError> {
+        let Some(mut pending) = self
+            .pending(session)
+            .await?
+            .filter(|p| browser.is_some_and(|b| sha256_hex(b) == p.browser))
+        else {
+            return Err(expired());
         };
         let Some(user) = self.accounts.authenticate(username, password).await? else {
             return Ok(None);
         };
+        let own_patient = user.own_patient().map(str::to_owned);
+        if let (Some(launched), Some(own)) = (&pending.launch_patient, &own_patient)
+            && launched != own
+        {
+            return Err(AuthError::oauth(
+                "access_denied",
+                "this launch is for another patient's record",
+            ));
+        }
+        pending.scope =
+            scopes_for_user(&Scopes::parse(&pending.scope), &user.fhir_user).to_string();
         pending.username = Some(user.username.clone());
         pending.fhir_user = Some(user.fhir_user.clone());
-        self.put(SESSION, session, &pending, SESSION_MS).await?;
-        Ok(Some(pending))
+        // A new session id: whoever knew the old one (say, from a forged post) learns nothing.
+        self.store.take_record(SESSION, session).await?;
+        let renewed = random_token(24);
+        self.put(SESSION, &renewed, &pending, SESSION_MS).await?;
+        Ok(Some((renewed, pending)))
     }
 
     /// The approval form's post: the URL to send the browser back to the app with.
     pub async fn decide(
         &self,
         session: &str,
+        browser: Option<&str>,
         approve: bool,
         chosen_patient: Option<&str>,
     ) -> Result<String, AuthError> {
         let taken = self.store.take_record(SESSION, session).await?;
-        let Some(pending) = taken.and_then(|r| serde_json::from_slice::<Pending>(&r.value).ok())
+        let Some(pending) = taken
+            .and_then(|r| serde_json::from_slice::<Pending>(&r.value).ok())
+            .filter(|p| browser.is_some_and(|b| sha256_hex(b) == p.browser))
         else {
-            return Err(AuthError::oauth(
-                "invalid_request",
-                "this sign-in has expired; start again from the app",
-            ));
+            return Err(expired());
         };
         let Some(username) = pending.username.clone() else {
             return Err(AuthError::oauth("invalid_request", "sign in first"));
@@ -157,9 +198,11 @@ impl AuthServer {
         let patient = match (&pending.launch_patient, own_patient) {
             (Some(launched), _) => Some(launched.clone()),
             (None, Some(own)) => Some(own.to_owned()),
-            (None, None) => chosen_patient
+            // Only a practitioner picks a patient (which patients they may see is consent's).
+            (None, None) if pending.needs_patient_choice() => chosen_patient
                 .filter(|p| crate::fhir::primitives::is_id(p))
                 .map(str::to_owned),
+            (None, None) => None,
         };
         if pending.wants_patient_context() && patient.is_none() {
             return Ok(back(vec![
@@ -180,5 +223,60 @@ impl AuthServer {
         };
         self.put(CODE, &sha256_hex(&code), &grant, CODE_MS).await?;
         Ok(back(vec![("code", &code)]))
+    }
+}
+
+fn expired() -> AuthError {
+    AuthError::oauth(
+        "invalid_request",
+        "this sign-in has expired or was started elsewhere; start again from the app",
+    )
+}
+
+/// A user authorization never carries `system/` scopes: those are for backend services.
+fn without_system_scopes(scopes: &Scopes) -> Scopes {
+    let kept: Vec<&str> = scopes
+        .granted
+        .iter()
+        .filter(|s| !s.starts_with("system/"))
+        .map(String::as_str)
+        .collect();
+    Scopes::parse(&kept.join(" "))
+}
+
+/// What `fhir_user` may hold of `scopes`: a practitioner keeps `user/` scopes; anyone else
+/// (a patient, a related person) keeps only `patient/` and non-resource scopes.
+pub(super) fn scopes_for_user(scopes: &Scopes, fhir_user: &str) -> Scopes {
+    if fhir_user.starts_with("Practitioner/") {
+        return without_system_scopes(scopes);
+    }
+    let kept: Vec<&str> = scopes
+        .granted
+        .iter()
+        .filter(|s| !s.starts_with("system/") && !s.starts_with("user/"))
+        .map(String::as_str)
+        .collect();
+    Scopes::parse(&kept.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_signs_in_limits_the_scopes() {
+        let asked = Scopes::parse("openid user/*.rs patient/*.rs system/*.cruds launch/patient");
+        assert_eq!(
+            scopes_for_user(&asked, "Patient/1").to_string(),
+            "openid patient/*.rs launch/patient"
+        );
+        assert_eq!(
+            scopes_for_user(&asked, "Practitioner/d").to_string(),
+            "openid user/*.rs patient/*.rs launch/patient"
+        );
+        assert_eq!(
+            scopes_for_user(&asked, "RelatedPerson/r").to_string(),
+            "openid patient/*.rs launch/patient"
+        );
     }
 }

@@ -146,8 +146,10 @@ impl AuthServer {
             ));
         }
         let token = form.get("token").map(String::as_str).unwrap_or_default();
+        // A client learns only about its own tokens: anything else reads as inactive.
         if let Ok(header) = decode_header(token)
             && let Ok(claims) = self.tokens.verify_own(token, &header, base).await
+            && claims.client_id == client.client_id
         {
             let mut body = serde_json::to_value(&claims).unwrap_or_default();
             body["active"] = true.into();
@@ -158,6 +160,7 @@ impl AuthServer {
             .get::<RefreshGrant>(REFRESH, &sha256_hex(token))
             .await?
             && !refresh.used
+            && refresh.client_id == client.client_id
             && self
                 .store
                 .get_record(REVOKED_FAMILY, &refresh.family)
@@ -271,21 +274,32 @@ impl AuthServer {
         Ok(response)
     }
 
-    /// `POST /auth/launch`: an EHR (a token with `user/` or `system/` scopes) binds a launch to
-    /// a patient; the app then brings `launch=…` to the authorize endpoint.
+    /// `POST /auth/launch`: an EHR binds a launch to a patient (and, if it names one, to the
+    /// app it launches); the app brings `launch=…` to the authorize endpoint, once. An EHR is
+    /// a backend service (`system/` scopes, no user) or a practitioner with `user/` scopes.
     pub async fn create_launch(
         &self,
         principal: &Principal,
         patient: &str,
+        client_id: Option<&str>,
     ) -> Result<String, AuthError> {
-        let is_ehr = principal
+        use crate::auth::Context;
+        let contexts: Vec<Context> = principal
             .scopes
             .resources
             .iter()
-            .any(|s| s.context != crate::auth::Context::Patient);
-        if !is_ehr {
+            .map(|s| s.context)
+            .collect();
+        let backend = principal.fhir_user.is_none() && contexts.contains(&Context::System);
+        let practitioner = principal
+            .fhir_user
+            .as_deref()
+            .is_some_and(|u| u.starts_with("Practitioner/"))
+            && contexts.contains(&Context::User);
+        if !(backend || practitioner) {
             return Err(AuthError::Forbidden(
-                "only an EHR (user or system scopes) may create a launch".into(),
+                "only an EHR (a backend service, or a practitioner with user scopes) may create a launch"
+                    .into(),
             ));
         }
         if !crate::fhir::primitives::is_id(patient) {
@@ -295,13 +309,10 @@ impl AuthServer {
             ));
         }
         let launch = random_token(16);
-        self.put(
-            LAUNCH,
-            &launch,
-            &serde_json::json!({ "patient": patient, "by": principal.client_id }),
-            LAUNCH_MS,
-        )
-        .await?;
+        let context = serde_json::json!({
+            "patient": patient, "client_id": client_id, "by": principal.client_id,
+        });
+        self.put(LAUNCH, &launch, &context, LAUNCH_MS).await?;
         Ok(launch)
     }
 }

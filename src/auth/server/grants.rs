@@ -129,9 +129,13 @@ impl AuthServer {
                 "the authorization was revoked",
             ));
         }
-        // Rotation: exactly one presenter wins the token; any other presentation is a replay.
+        // Rotation: exactly one presenter wins the token, decided on the record actually taken
+        // (the atomic step); a used or missing one means this is a replay.
         let taken = self.store.take_record(REFRESH, &key).await?;
-        if old.used || taken.is_none() {
+        let taken_unused = taken
+            .and_then(|r| serde_json::from_slice::<RefreshGrant>(&r.value).ok())
+            .is_some_and(|r| !r.used);
+        if old.used || !taken_unused {
             self.revoke_family(&old.family).await?;
             return Err(AuthError::oauth(
                 "invalid_grant",

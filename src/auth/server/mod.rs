@@ -95,6 +95,8 @@ pub struct Pending {
     nonce: Option<String>,
     /// The patient an EHR launch bound this authorization to.
     launch_patient: Option<String>,
+    /// SHA-256 of the secret in the cookie of the browser that started the sign-in.
+    browser: String,
     /// Set once the user has logged in.
     pub username: Option<String>,
     pub fhir_user: Option<String>,
@@ -105,10 +107,10 @@ impl Pending {
     pub fn needs_patient_choice(&self) -> bool {
         self.launch_patient.is_none()
             && self.wants_patient_context()
-            && !self
+            && self
                 .fhir_user
                 .as_deref()
-                .is_some_and(|u| u.starts_with("Patient/"))
+                .is_some_and(|u| u.starts_with("Practitioner/"))
     }
 
     fn wants_patient_context(&self) -> bool {
@@ -127,6 +129,8 @@ pub enum Begun {
     /// Show the login page for this session.
     Login {
         session: String,
+        /// The secret the browser must hold (as a cookie) for the rest of the sign-in.
+        browser: String,
         pending: Box<Pending>,
     },
     /// The request cannot be trusted with a redirect (unknown client or redirect_uri).

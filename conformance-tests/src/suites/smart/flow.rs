@@ -196,7 +196,12 @@ pub async fn authorize(
         request = request.add_extra_param(*k, *v);
     }
     let (url, csrf) = request.url();
-    let browser = http();
+    // A browser keeps cookies: the server binds the sign-in to the one that started it.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .map_err(|e| e.to_string())?;
     let login_page = browser
         .get(url.as_str())
         .send()
