@@ -18,6 +18,11 @@ use crate::report::Report;
 
 const SUITE: &str = "smart";
 
+/// Whether `token` reads `path` (200).
+async fn reads(ctx: &SuiteContext, token: &str, path: &str) -> bool {
+    with_token(ctx, token).get(path).send().await.status == 200
+}
+
 fn with_token(ctx: &SuiteContext, token: &str) -> FhirClient {
     FhirClient::new(&ctx.client.base, Some(token.to_owned()))
 }
@@ -439,12 +444,12 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             secret_tokens(&d, &fx.secret_client_id, &fx.secret, "system/*.rs", basic).await;
         let ok = match &result {
             Ok(t) => {
-                with_token(ctx, t.access_token().secret())
-                    .get(&format!("Patient/{}", fx.other_patient_id))
-                    .send()
-                    .await
-                    .status
-                    == 200
+                reads(
+                    ctx,
+                    t.access_token().secret(),
+                    &format!("Patient/{}", fx.other_patient_id),
+                )
+                .await
             }
             Err(_) => false,
         };
@@ -488,12 +493,12 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         let (result, assertion) = assertion_tokens(&d, key, None).await;
         let ok = match &result {
             Ok(t) => {
-                with_token(ctx, t.access_token().secret())
-                    .get(&format!("Patient/{}", fx.other_patient_id))
-                    .send()
-                    .await
-                    .status
-                    == 200
+                reads(
+                    ctx,
+                    t.access_token().secret(),
+                    &format!("Patient/{}", fx.other_patient_id),
+                )
+                .await
             }
             Err(_) => false,
         };
