@@ -20,6 +20,14 @@ ensure_npm() {
   as_root apt-get install -y -qq nodejs npm >/dev/null
 }
 
+# Makes sure python3 (with venv) exists (Debian's packages when it does not).
+ensure_python() {
+  if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv' >/dev/null 2>&1; then return; fi
+  say "installing python3 and python3-venv from Debian"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq python3 python3-venv >/dev/null
+}
+
 # Installs an npm package at an exact version into $INTELLIHEALTH_CACHE/NAME, once.
 # Usage: npm_cached NAME PACKAGE@VERSION; prints the node_modules directory.
 npm_cached() {
