@@ -125,24 +125,9 @@ impl MasterKey {
             .map(Zeroizing::new)
     }
 
-    /// Unwraps a data key made by `wrap` for the same owner.
+    /// Unwraps a data key made by `wrap` for the same owner: `unwrap_bytes`, 32 bytes long.
     pub fn unwrap(&self, owner: &str, wrapped: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
-        if wrapped.len() <= WRAP_NONCE_LEN {
-            return None;
-        }
-        let (nonce, sealed) = wrapped.split_at(WRAP_NONCE_LEN);
-        let nonce = XNonce::try_from(nonce).ok()?;
-        let plain = Zeroizing::new(
-            cipher_for(&self.0)
-                .decrypt(
-                    &nonce,
-                    Payload {
-                        msg: sealed,
-                        aad: wrap_aad(owner).as_bytes(),
-                    },
-                )
-                .ok()?,
-        );
+        let plain = self.unwrap_bytes(owner, wrapped)?;
         let array: [u8; 32] = plain.as_slice().try_into().ok()?;
         Some(Zeroizing::new(array))
     }
