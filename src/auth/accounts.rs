@@ -11,10 +11,12 @@ use std::sync::Arc;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
-use crate::index::{IndexStore, Record};
+use super::records;
+use crate::index::IndexStore;
 
 const USER: &str = "user";
 const CLIENT: &str = "client";
@@ -151,24 +153,17 @@ impl Accounts {
     }
 
     async fn put<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<(), AuthError> {
-        self.store
-            .put_record(Record {
-                kind: kind.into(),
-                key: key.into(),
-                value: serde_json::to_vec(value).unwrap_or_default(),
-                expires_at: None,
-            })
-            .await?;
-        Ok(())
+        Ok(records::put_json(self.store.as_ref(), kind, key, value, None).await?)
     }
 
-    async fn get<T: for<'de> Deserialize<'de>>(
+    async fn get<T: DeserializeOwned>(
         &self,
         kind: &str,
         key: &str,
     ) -> Result<Option<T>, AuthError> {
-        let record = self.store.get_record(kind, key).await?;
-        Ok(record.and_then(|r| serde_json::from_slice(&r.value).ok()))
+        Ok(records::get_json(self.store.as_ref(), kind, key)
+            .await?
+            .map(|(value, _)| value))
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 use super::AuthError;
 use crate::fhir::instant::now_millis;
-use crate::index::{IndexStore, Record};
+use crate::index::IndexStore;
 use crate::vault::Vault;
 
 const KIND: &str = "signing-key";
@@ -160,17 +160,11 @@ impl Keyring {
     }
 
     async fn put(&self, stored: &StoredKey) -> Result<(), AuthError> {
-        let value = serde_json::to_vec(stored).unwrap_or_default();
         let expires_at = stored.retired_at.map(|at| at + RETIRED_KEY_LIFETIME_MS);
-        self.store
-            .put_record(Record {
-                kind: KIND.into(),
-                key: stored.kid.clone(),
-                value,
-                expires_at,
-            })
-            .await?;
-        Ok(())
+        Ok(
+            super::records::put_json(self.store.as_ref(), KIND, &stored.kid, stored, expires_at)
+                .await?,
+        )
     }
 
     /// Retires the signing key(s) in use and makes a new one; returns the new kid. Tokens

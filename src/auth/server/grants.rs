@@ -146,14 +146,7 @@ impl AuthServer {
             used: true,
             ..clone_refresh(&old)
         };
-        self.store
-            .put_record(Record {
-                kind: REFRESH.into(),
-                key,
-                value: serde_json::to_vec(&used).unwrap_or_default(),
-                expires_at,
-            })
-            .await?;
+        records::put_json(self.store.as_ref(), REFRESH, &key, &used, expires_at).await?;
         let original = Scopes::parse(&old.scope);
         let scopes = match form.get("scope").filter(|s| !s.is_empty()) {
             Some(requested) => {

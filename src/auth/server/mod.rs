@@ -30,12 +30,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accounts::{Accounts, Client, ClientAuth, hash_secret, verify_secret};
 use super::tokens::{Grant, REVOKED_FAMILY, TokenService, random_token};
-use super::{AuthError, Principal, Scopes};
+use super::{AuthError, Principal, Scopes, records};
 use crate::fhir::instant::now_millis;
 use crate::index::{IndexStore, Record};
 
@@ -207,6 +208,7 @@ impl AuthServer {
         }
     }
 
+    /// Stores `value` for `lifetime_ms` from now.
     async fn put<T: Serialize>(
         &self,
         kind: &str,
@@ -214,28 +216,16 @@ impl AuthServer {
         value: &T,
         lifetime_ms: i64,
     ) -> Result<(), AuthError> {
-        self.store
-            .put_record(Record {
-                kind: kind.into(),
-                key: key.into(),
-                value: serde_json::to_vec(value).unwrap_or_default(),
-                expires_at: Some(now_millis() + lifetime_ms),
-            })
-            .await?;
-        Ok(())
+        let expires_at = Some(now_millis() + lifetime_ms);
+        Ok(records::put_json(self.store.as_ref(), kind, key, value, expires_at).await?)
     }
 
-    async fn get<T: for<'de> Deserialize<'de>>(
+    async fn get<T: DeserializeOwned>(
         &self,
         kind: &str,
         key: &str,
     ) -> Result<Option<(T, Option<i64>)>, AuthError> {
-        let record = self.store.get_record(kind, key).await?;
-        Ok(record.and_then(|r| {
-            serde_json::from_slice(&r.value)
-                .ok()
-                .map(|v| (v, r.expires_at))
-        }))
+        Ok(records::get_json(self.store.as_ref(), kind, key).await?)
     }
 }
 
