@@ -69,6 +69,29 @@ fn oauth_error(error: AuthError) -> Response {
     response
 }
 
+/// An endpoint's JSON answer, or OAuth's error.
+fn answer(status: StatusCode, result: Result<serde_json::Value, AuthError>) -> Response {
+    match result {
+        Ok(body) => json_response(status, &body),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// A form post to an endpoint where the client authenticates (token, introspect, revoke).
+struct ClientRequest {
+    form: HashMap<String, String>,
+    basic: Option<(String, String)>,
+}
+
+impl ClientRequest {
+    fn read(headers: &HeaderMap, body: &[u8]) -> ClientRequest {
+        ClientRequest {
+            form: form(body),
+            basic: basic_credentials(headers),
+        }
+    }
+}
+
 fn form(body: &[u8]) -> HashMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
@@ -260,14 +283,11 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match state
-        .auth
-        .token(&base.0, &form(&body), basic_credentials(&headers))
-        .await
-    {
-        Ok(body) => json_response(StatusCode::OK, &body),
-        Err(e) => oauth_error(e),
-    }
+    let client = ClientRequest::read(&headers, &body);
+    answer(
+        StatusCode::OK,
+        state.auth.token(&base.0, &client.form, client.basic).await,
+    )
 }
 
 #[utoipa::path(post, path = "/auth/introspect", tag = "authorization",
@@ -280,14 +300,14 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match state
-        .auth
-        .introspect(&base.0, &form(&body), basic_credentials(&headers))
-        .await
-    {
-        Ok(body) => json_response(StatusCode::OK, &body),
-        Err(e) => oauth_error(e),
-    }
+    let client = ClientRequest::read(&headers, &body);
+    answer(
+        StatusCode::OK,
+        state
+            .auth
+            .introspect(&base.0, &client.form, client.basic)
+            .await,
+    )
 }
 
 #[utoipa::path(post, path = "/auth/revoke", tag = "authorization",
@@ -300,14 +320,9 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match state
-        .auth
-        .revoke(&base.0, &form(&body), basic_credentials(&headers))
-        .await
-    {
-        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({})),
-        Err(e) => oauth_error(e),
-    }
+    let client = ClientRequest::read(&headers, &body);
+    let revoked = state.auth.revoke(&base.0, &client.form, client.basic).await;
+    answer(StatusCode::OK, revoked.map(|()| serde_json::json!({})))
 }
 
 #[utoipa::path(post, path = "/auth/register", tag = "authorization",
@@ -321,14 +336,13 @@ pub async fn register(State(state): State<HttpState>, headers: HeaderMap, body: 
             "the body is not JSON",
         ));
     };
-    match state
-        .auth
-        .register(bearer(&headers).as_deref(), &metadata)
-        .await
-    {
-        Ok(client) => json_response(StatusCode::CREATED, &client),
-        Err(e) => oauth_error(e),
-    }
+    answer(
+        StatusCode::CREATED,
+        state
+            .auth
+            .register(bearer(&headers).as_deref(), &metadata)
+            .await,
+    )
 }
 
 /// `POST /auth/launch` with `{"patient": "123"}`, by an EHR with its own access token.
@@ -340,17 +354,14 @@ pub async fn launch(State(state): State<HttpState>, principal: Principal, body: 
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let patient = request["patient"].as_str().unwrap_or_default();
     let client_id = request["client_id"].as_str();
-    match state
+    let launch = state
         .auth
         .create_launch(&principal, patient, client_id)
-        .await
-    {
-        Ok(launch) => json_response(
-            StatusCode::CREATED,
-            &serde_json::json!({ "launch": launch }),
-        ),
-        Err(e) => oauth_error(e),
-    }
+        .await;
+    answer(
+        StatusCode::CREATED,
+        launch.map(|launch| serde_json::json!({ "launch": launch })),
+    )
 }
 
 /// The HTML pages: small, self-contained, escaped.
