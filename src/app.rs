@@ -27,6 +27,7 @@ use crate::index::embedded::EmbeddedIndex;
 use crate::index::mongo::MongoIndex;
 use crate::repository::Repository;
 use crate::vault::blob::BlobStore;
+use crate::vault::bounded::Bounded as BoundedBlobs;
 use crate::vault::ipfs::IpfsBlobStore;
 use crate::vault::local::LocalBlobStore;
 use crate::vault::{MasterKey, Vault};
@@ -78,12 +79,11 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
                 .map_err(|e| StartupError::Index(e.to_string()))?,
         ),
     };
-    // Every consumer of the index (repository, vault, authorization server) is bounded here.
+    // Every consumer of a seam (repository, vault, authorization server) is bounded here.
     let index: Arc<dyn IndexStore> = Arc::new(Bounded::new(index, timeout));
     let blobs: Arc<dyn BlobStore> = match &config.backends.ipfs_api {
         Some(api) => {
-            let store =
-                IpfsBlobStore::new(api, timeout).map_err(|e| StartupError::Blobs(e.to_string()))?;
+            let store = IpfsBlobStore::new(api).map_err(|e| StartupError::Blobs(e.to_string()))?;
             wait_for("IPFS", api, || store.health()).await;
             Arc::new(store)
         }
@@ -92,17 +92,13 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
                 .map_err(|e| StartupError::Blobs(e.to_string()))?,
         ),
     };
+    let blobs: Arc<dyn BlobStore> = Arc::new(BoundedBlobs::new(blobs, timeout));
     let vault = Arc::new(Vault::new(master, index.clone()));
     vault
         .verify_master_key()
         .await
         .map_err(|e| StartupError::MasterKey(e.to_string()))?;
-    let repo = Arc::new(Repository::new(
-        index.clone(),
-        blobs,
-        vault.clone(),
-        timeout,
-    ));
+    let repo = Arc::new(Repository::new(index.clone(), blobs, vault.clone()));
     Ok(Stores { repo, index, vault })
 }
 

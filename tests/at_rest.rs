@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::{Profile, Server, client};
 use futures::TryStreamExt;
@@ -50,7 +49,7 @@ async fn the_services_hold_ciphertext_only() {
     assert_eq!(versions.len(), 1);
     let cid = versions[0].get_str("cid").unwrap().to_owned();
 
-    let ipfs = IpfsBlobStore::new(ipfs_api, Duration::from_secs(10)).unwrap();
+    let ipfs = IpfsBlobStore::new(ipfs_api).unwrap();
     let raw = ipfs.get(&cid).await.unwrap();
     assert!(raw.starts_with(b"IHS1"), "a sealed envelope");
     assert!(

@@ -63,7 +63,7 @@ async fn the_local_store_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ipfs_store_keeps_the_contract() {
-    let store = IpfsBlobStore::new(&common::services::ipfs_api(), Duration::from_secs(10)).unwrap();
+    let store = IpfsBlobStore::new(&common::services::ipfs_api()).unwrap();
     contract(&store).await;
 }
 
@@ -71,7 +71,7 @@ async fn the_ipfs_store_keeps_the_contract() {
 async fn both_stores_name_the_same_bytes_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
     let local = LocalBlobStore::open(dir.path()).unwrap();
-    let ipfs = IpfsBlobStore::new(&common::services::ipfs_api(), Duration::from_secs(10)).unwrap();
+    let ipfs = IpfsBlobStore::new(&common::services::ipfs_api()).unwrap();
     for len in [0, 1, 262_144, 262_145, 3 * 262_144 + 7] {
         let bytes = random_bytes(len);
         assert_eq!(

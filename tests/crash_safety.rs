@@ -77,11 +77,7 @@ async fn crash_and_recover(profile: Profile) {
         Profile::Embedded => count_files(&dir.path().join("blobs")),
         Profile::Services { ipfs_api, .. } => {
             use intellihealth::vault::blob::BlobStore;
-            let node = intellihealth::vault::ipfs::IpfsBlobStore::new(
-                ipfs_api,
-                std::time::Duration::from_secs(10),
-            )
-            .unwrap();
+            let node = intellihealth::vault::ipfs::IpfsBlobStore::new(ipfs_api).unwrap();
             node.list().await.unwrap().len()
         }
     };

@@ -47,7 +47,7 @@ async fn sweeps_only_what_nothing_references(profile: Profile) {
 
     // An orphan, as a crash between blob put and index commit leaves one.
     let blobs: Arc<dyn BlobStore> = match &ipfs_api {
-        Some(api) => Arc::new(IpfsBlobStore::new(api, Duration::from_secs(10)).unwrap()),
+        Some(api) => Arc::new(IpfsBlobStore::new(api).unwrap()),
         None => Arc::new(LocalBlobStore::open(dir.path()).unwrap()),
     };
     let orphan = blobs

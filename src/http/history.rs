@@ -81,9 +81,6 @@ pub async fn instance(
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
     let resource_type = ResourceType::parse(&resource_type)?;
-    if !state.repo.exists(&principal, resource_type, &id).await? {
-        return Err(crate::repository::RepoError::not_found(resource_type, &id, None).into());
-    }
     let path = format!("{resource_type}/{id}/_history");
     let scope = HistoryScope::Instance {
         resource_type: resource_type.as_str().to_owned(),

@@ -3,8 +3,9 @@
 //!
 //! Write: parse → check against the URL → stamp id/meta → validate → compartment → seal → blob
 //! put → index commit (the commit point). Read: index locate → blob get (CID verified) → open
-//! (AEAD + digest verified). Every call to a backend is bounded by the configured timeout, so a
-//! dead dependency becomes a 503 naming it, never a hang.
+//! (AEAD + digest verified). Every call to a backend is bounded by the configured timeout (the
+//! seams arrive wrapped by `index::bounded` and `vault::bounded`), so a dead dependency becomes
+//! a 503 naming it, never a hang.
 //!
 //! Optimistic concurrency: a write reads the current version, seals the next one, and commits
 //! only if the current version is still the one it read. A lost race without `If-Match` is
@@ -18,9 +19,7 @@ mod read;
 pub mod sweep;
 mod write;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use error::RepoError;
 
@@ -38,8 +37,6 @@ pub struct Repository {
     index: Arc<dyn IndexStore>,
     blobs: Arc<dyn BlobStore>,
     vault: Arc<Vault>,
-    /// Longest wait for one backend call before the request fails with 503.
-    timeout: Duration,
 }
 
 /// One resource version with its content (none for a delete).
@@ -73,31 +70,11 @@ impl Repository {
         index: Arc<dyn IndexStore>,
         blobs: Arc<dyn BlobStore>,
         vault: Arc<Vault>,
-        timeout: Duration,
     ) -> Repository {
         Repository {
             index,
             blobs,
             vault,
-            timeout,
-        }
-    }
-
-    /// Runs one backend call under the timeout.
-    async fn bounded<T, E>(
-        &self,
-        component: &'static str,
-        call: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, RepoError>
-    where
-        RepoError: From<E>,
-    {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(RepoError::from),
-            Err(_) => Err(RepoError::Unavailable {
-                component,
-                detail: format!("no answer within {:?}", self.timeout),
-            }),
         }
     }
 
@@ -109,7 +86,7 @@ impl Repository {
                 record.resource_type, record.id, record.version
             )));
         };
-        let envelope = self.bounded("blob store", self.blobs.get(cid)).await?;
+        let envelope = self.blobs.get(cid).await?;
         let aad = aad_for(&record.resource_type, &record.id, record.version);
         let content = self
             .vault
@@ -123,14 +100,8 @@ impl Repository {
 
     /// Each backend's own report, for `/health`.
     pub async fn health(&self) -> Vec<(&'static str, Result<String, String>)> {
-        let index = self
-            .bounded("index", self.index.health())
-            .await
-            .map_err(|e| e.to_string());
-        let blobs = self
-            .bounded("blob store", self.blobs.health())
-            .await
-            .map_err(|e| e.to_string());
+        let index = self.index.health().await.map_err(|e| e.to_string());
+        let blobs = self.blobs.health().await.map_err(|e| e.to_string());
         vec![("index", index), ("blob store", blobs)]
     }
 }

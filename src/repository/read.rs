@@ -21,7 +21,8 @@ impl Repository {
         principal.check(Permission::Read, resource_type.as_str())?;
         resource::check_id(id)?;
         let record = self
-            .bounded("index", self.index.current(resource_type.as_str(), id))
+            .index
+            .current(resource_type.as_str(), id)
             .await?
             .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
         self.open_for(principal, Permission::Read, record).await
@@ -38,10 +39,8 @@ impl Repository {
         principal.check(Permission::Read, resource_type.as_str())?;
         resource::check_id(id)?;
         let record = self
-            .bounded(
-                "index",
-                self.index.version(resource_type.as_str(), id, version),
-            )
+            .index
+            .version(resource_type.as_str(), id, version)
             .await?
             .ok_or_else(|| RepoError::not_found(resource_type, id, Some(version)))?;
         self.open_for(principal, Permission::Read, record).await
@@ -131,7 +130,7 @@ impl Repository {
         // or the history is exhausted.
         loop {
             query.limit = wanted - page.len();
-            let records = self.bounded("index", self.index.history(&query)).await?;
+            let records = self.index.history(&query).await?;
             let exhausted = records.len() < query.limit;
             let last = records.last().map(HistoryCursor::after);
             for record in records {
@@ -145,29 +144,35 @@ impl Repository {
                 }
             }
             if exhausted || page.len() >= wanted || last.is_none() {
-                return Ok(page);
+                break;
             }
             query.after = last;
         }
+        // An empty instance history must say why: an unknown resource (404) or one beyond
+        // reach (403). Asked only then, so a non-empty page costs no extra lookup.
+        if page.is_empty()
+            && let HistoryScope::Instance { resource_type, id } = &query.scope
+        {
+            self.instance_known(principal, resource_type, id).await?;
+        }
+        Ok(page)
     }
 
-    /// Whether a resource ever existed, for a principal who may read it (instance history of
-    /// an unknown id is a 404; of one beyond the principal's reach, a 403, as a read would be).
-    pub async fn exists(
+    /// `Ok` if the resource exists and `principal` may read it; otherwise the 404 or the 403 a
+    /// read would give (decided from the index row, opening content only for a query scope).
+    async fn instance_known(
         &self,
         principal: &Principal,
-        resource_type: ResourceType,
+        resource_type: &str,
         id: &str,
-    ) -> Result<bool, RepoError> {
-        principal.check(Permission::Read, resource_type.as_str())?;
+    ) -> Result<(), RepoError> {
+        let resource_type = ResourceType::parse(resource_type)?;
         resource::check_id(id)?;
-        let current = self
-            .bounded("index", self.index.current(resource_type.as_str(), id))
-            .await?;
+        let current = self.index.current(resource_type.as_str(), id).await?;
         match current {
-            None => Ok(false),
+            None => Err(RepoError::not_found(resource_type, id, None)),
             Some(record) => match self.visible(principal, Permission::Read, record).await? {
-                Visible::Yes(_) | Visible::Deleted(_) => Ok(true),
+                Visible::Yes(_) | Visible::Deleted(_) => Ok(()),
                 Visible::No(_) => Err(RepoError::forbidden(resource_type, id)),
             },
         }

@@ -31,29 +31,26 @@ impl Repository {
         let now = now_millis();
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         let mut report = SweepReport::default();
-        let cids = self.bounded("blob store", self.blobs.list()).await?;
+        let cids = self.blobs.list().await?;
         for cid in cids {
             report.examined += 1;
-            if self.bounded("index", self.index.references(&cid)).await? {
+            if self.index.references(&cid).await? {
                 report.referenced += 1;
                 continue;
             }
-            let first_seen = self
-                .bounded("index", self.index.note_unreferenced(&cid, now))
-                .await?;
+            let first_seen = self.index.note_unreferenced(&cid, now).await?;
             if now.saturating_sub(first_seen) < grace_ms {
                 report.waiting += 1;
                 continue;
             }
             // A commit may have landed since the first check: look again right before removing.
-            if self.bounded("index", self.index.references(&cid)).await? {
+            if self.index.references(&cid).await? {
                 report.referenced += 1;
             } else {
-                self.bounded("blob store", self.blobs.remove(&cid)).await?;
+                self.blobs.remove(&cid).await?;
                 report.removed += 1;
             }
-            self.bounded("index", self.index.forget_unreferenced(&cid))
-                .await?;
+            self.index.forget_unreferenced(&cid).await?;
         }
         Ok(report)
     }

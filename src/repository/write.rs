@@ -70,9 +70,7 @@ impl Repository {
         let (mut resource, warnings) =
             prepare(body, resource_type, Some(id.to_owned()), handling).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self
-                .bounded("index", self.index.current(resource_type.as_str(), id))
-                .await?;
+            let current = self.index.current(resource_type.as_str(), id).await?;
             let current_version = current.as_ref().map(|r| r.version);
             if let Precondition::Version(expected) = precondition
                 && current_version != Some(expected)
@@ -185,9 +183,7 @@ impl Repository {
         let aad = aad_for(resource_type.as_str(), id, version);
         let sealed = self.vault.seal(&key_owner, &aad, content.clone()).await?;
         let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());
-        let cid = self
-            .bounded("blob store", self.blobs.put(sealed.envelope))
-            .await?;
+        let cid = self.blobs.put(sealed.envelope).await?;
         let record = VersionRecord {
             resource_type: resource_type.as_str().to_owned(),
             id: id.to_owned(),
@@ -205,7 +201,7 @@ impl Repository {
             replaces: current.map(|r| r.version),
             entries: Vec::new(),
         };
-        self.bounded("index", self.index.commit(commit)).await?;
+        self.index.commit(commit).await?;
         Ok(ResourceVersion {
             record,
             content: Some(content),
@@ -225,7 +221,8 @@ impl Repository {
         resource::check_id(id)?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self
-                .bounded("index", self.index.current(resource_type.as_str(), id))
+                .index
+                .current(resource_type.as_str(), id)
                 .await?
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
             // A query-restricted scope needs the content to decide; open it only then.
@@ -273,14 +270,10 @@ impl Repository {
                 replaces: Some(current.version),
                 entries: Vec::new(),
             };
-            match self.bounded("index", self.index.commit(commit)).await {
+            match self.index.commit(commit).await {
                 Ok(()) => return Ok(Some(record)),
-                Err(RepoError::Index(IndexError::Conflict { .. }))
-                    if precondition == Precondition::None =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e),
+                Err(IndexError::Conflict { .. }) if precondition == Precondition::None => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(RepoError::Conflict(

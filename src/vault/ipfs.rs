@@ -4,12 +4,11 @@
 //! `cid::cid_of` does (and the local store); the CID the node returns is checked against our
 //! own. `get` is `cat`, re-hashed locally: the node is not trusted to return what was asked
 //! for. `remove` unpins (the node's garbage collector frees the blocks), `list` lists pins.
-//! Every call is bounded by the configured timeout.
+//! Timeouts are `vault::bounded`'s, around whichever blob store is in use.
 //!
 //! Only sealed envelopes are ever sent to the node.
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -21,30 +20,26 @@ use super::cid::cid_of;
 pub struct IpfsBlobStore {
     client: IpfsClient,
     api: String,
-    timeout: Duration,
 }
 
 impl IpfsBlobStore {
     /// A store on the node whose RPC API is at `api` (e.g. `http://127.0.0.1:5001`).
-    pub fn new(api: &str, timeout: Duration) -> Result<IpfsBlobStore, BlobError> {
+    pub fn new(api: &str) -> Result<IpfsBlobStore, BlobError> {
         let client = IpfsClient::from_str(api)
             .map_err(|e| BlobError::Unavailable(format!("IPFS API address {api}: {e}")))?;
         Ok(IpfsBlobStore {
             client,
             api: api.to_owned(),
-            timeout,
         })
     }
 
-    async fn bounded<T>(
+    /// One RPC call, its error said in the store's terms.
+    async fn call<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, ipfs_api_backend_hyper::Error>>,
     ) -> Result<T, BlobError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(BlobError::Unavailable(format!("IPFS at {}: {e}", self.api))),
-            Err(_) => Err(BlobError::Timeout(self.timeout)),
-        }
+        call.await
+            .map_err(|e| BlobError::Unavailable(format!("IPFS at {}: {e}", self.api)))
     }
 }
 
@@ -79,7 +74,7 @@ impl BlobStore for IpfsBlobStore {
             ..Default::default()
         };
         let added = self
-            .bounded(self.client.add_with_options(Cursor::new(bytes), options))
+            .call(self.client.add_with_options(Cursor::new(bytes), options))
             .await?;
         if added.hash != expected {
             return Err(BlobError::Unavailable(format!(
@@ -92,7 +87,7 @@ impl BlobStore for IpfsBlobStore {
 
     async fn get(&self, cid: &str) -> Result<Vec<u8>, BlobError> {
         let read = self
-            .bounded(
+            .call(
                 self.client
                     .cat(cid)
                     .map_ok(|chunk| chunk.to_vec())
@@ -110,7 +105,7 @@ impl BlobStore for IpfsBlobStore {
     }
 
     async fn remove(&self, cid: &str) -> Result<(), BlobError> {
-        match self.bounded(self.client.pin_rm(cid, true)).await {
+        match self.call(self.client.pin_rm(cid, true)).await {
             Ok(_) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),
             Err(e) => Err(e),
@@ -119,13 +114,13 @@ impl BlobStore for IpfsBlobStore {
 
     async fn list(&self) -> Result<Vec<String>, BlobError> {
         let pins = self
-            .bounded(self.client.pin_ls(None, Some("recursive")))
+            .call(self.client.pin_ls(None, Some("recursive")))
             .await?;
         Ok(pins.keys.into_keys().collect())
     }
 
     async fn health(&self) -> Result<String, BlobError> {
-        let version = self.bounded(self.client.version()).await?;
+        let version = self.call(self.client.version()).await?;
         Ok(format!("IPFS {} at {}", version.version, self.api))
     }
 }

@@ -12,6 +12,7 @@
 //! Must not decide *who* may read: `consent` and `auth` do; the vault only does what it is told.
 
 pub mod blob;
+pub mod bounded;
 pub mod cid;
 pub mod ipfs;
 pub mod local;
