@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{Profile, Server, client};
 use futures::TryStreamExt;
 use intellihealth::vault::blob::BlobStore;
@@ -38,14 +37,7 @@ async fn the_services_hold_ciphertext_only() {
 
     let client = mongodb::Client::with_uri_str(mongodb_uri).await.unwrap();
     let db = client.default_database().unwrap();
-    let versions: Vec<Document> = db
-        .collection::<Document>("versions")
-        .find(Document::new())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let versions = all_documents(&db, "versions").await;
     assert_eq!(versions.len(), 1);
     let cid = versions[0].get_str("cid").unwrap().to_owned();
 
@@ -58,19 +50,21 @@ async fn the_services_hold_ciphertext_only() {
     );
 
     for collection in db.list_collection_names().await.unwrap() {
-        let documents: Vec<Document> = db
-            .collection::<Document>(&collection)
-            .find(Document::new())
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        for document in documents {
+        for document in all_documents(&db, &collection).await {
             assert!(
                 !format!("{document:?}").contains(name),
                 "{collection} holds the name in plaintext"
             );
         }
     }
+}
+
+async fn all_documents(db: &mongodb::Database, collection: &str) -> Vec<Document> {
+    db.collection::<Document>(collection)
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
