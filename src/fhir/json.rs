@@ -31,6 +31,35 @@ pub enum Json {
     Object(Object),
 }
 
+/// Objects with at most this many members are checked for duplicates by a linear scan: real
+/// resources' objects are this small, and for them a scan beats hashing.
+const LINEAR_SCAN_MEMBERS: usize = 32;
+
+/// The member names of the object being parsed, for the duplicate check. Past
+/// [`LINEAR_SCAN_MEMBERS`] they move into a set, so a hostile object with a million keys costs
+/// a million lookups rather than half a trillion comparisons.
+#[derive(Default)]
+struct SeenKeys(Option<std::collections::HashSet<String>>);
+
+impl SeenKeys {
+    /// Whether `key` is already among `members`; remembers it if not.
+    fn is_duplicate(&mut self, members: &[(String, Json)], key: &str) -> bool {
+        if let Some(set) = &mut self.0 {
+            return !set.insert(key.to_owned());
+        }
+        if members.iter().any(|(k, _)| k == key) {
+            return true;
+        }
+        if members.len() >= LINEAR_SCAN_MEMBERS {
+            let mut set: std::collections::HashSet<String> =
+                members.iter().map(|(k, _)| k.clone()).collect();
+            set.insert(key.to_owned());
+            self.0 = Some(set);
+        }
+        false
+    }
+}
+
 /// A JSON object: members in the order the client wrote them, keys unique.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Object {
@@ -277,6 +306,7 @@ impl Parser<'_> {
     fn object(&mut self, depth: usize) -> Result<Json, JsonError> {
         self.pos += 1;
         let mut members: Vec<(String, Json)> = Vec::new();
+        let mut seen = SeenKeys::default();
         self.skip_whitespace();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -289,8 +319,7 @@ impl Parser<'_> {
             }
             let key_start = self.pos;
             let key = self.string()?;
-            // Objects in resources are small; a linear scan beats hashing for them.
-            if members.iter().any(|(k, _)| *k == key) {
+            if seen.is_duplicate(&members, &key) {
                 self.pos = key_start;
                 return Err(self.error(&format!("duplicate member \"{key}\"")));
             }
@@ -593,6 +622,25 @@ mod tests {
         check("nul", "error: invalid literal");
         check("", "error: unexpected end of input");
         check(r#"{"a":NaN}"#, "error: expected a JSON value");
+    }
+
+    #[test]
+    fn finds_duplicates_in_large_objects_too() {
+        let members = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>();
+        let mut wide = members(1000);
+        assert!(parse(format!("{{{}}}", wide.join(",")).as_bytes()).is_ok());
+        // Duplicates on either side of the switch from scanning to the set.
+        wide.push("\"k5\":0".into());
+        check(
+            &format!("{{{}}}", wide.join(",")),
+            "error: duplicate member \"k5\"",
+        );
+        let mut small = members(LINEAR_SCAN_MEMBERS);
+        small.push(format!("\"k{}\":0", LINEAR_SCAN_MEMBERS - 1));
+        check(
+            &format!("{{{}}}", small.join(",")),
+            &format!("error: duplicate member \"k{}\"", LINEAR_SCAN_MEMBERS - 1),
+        );
     }
 
     #[test]

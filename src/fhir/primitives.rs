@@ -270,9 +270,11 @@ fn time(text: &str) -> Result<(), String> {
     let ok = matches!(two(0), Some(h) if h <= 23)
         && matches!(two(3), Some(m) if m <= 59)
         && matches!(two(6), Some(s) if s <= 60);
-    let fraction_ok = match &text[8..] {
-        "" => true,
-        f => f.len() > 1 && f.starts_with('.') && f[1..].bytes().all(|d| d.is_ascii_digit()),
+    // `get`, not indexing: byte 8 may fall inside a multi-byte character of a client's text.
+    let fraction_ok = match text.get(8..) {
+        Some("") => true,
+        Some(f) => f.len() > 1 && f.starts_with('.') && f[1..].bytes().all(|d| d.is_ascii_digit()),
+        None => false,
     };
     if ok && fraction_ok {
         Ok(())
@@ -379,6 +381,14 @@ mod tests {
                 "not a valid dateTime",
             ),
             (Primitive::Instant, s("2015-02-07"), "not a valid instant"),
+            // A multi-byte character where the fraction would start is refused, not sliced.
+            (Primitive::Time, s("00:00:0é"), "not a valid time"),
+            (
+                Primitive::DateTime,
+                s("2020-01-01T00:00:0éZ"),
+                "not a valid dateTime",
+            ),
+            (Primitive::Date, s("2020-0é-01"), "not a valid date"),
             (Primitive::Integer, n("2147483648"), "out of range"),
             (Primitive::Integer, n("1.0"), "whole number"),
             (

@@ -40,6 +40,17 @@ fn corpus() -> Vec<Case> {
     }
     deep.push('}');
     let megabyte_string = format!("\"{}\"", "x".repeat(1024 * 1024 + 1));
+    // Distinct keys, each unknown: the duplicate check must not be quadratic in them.
+    let wide_object = patient_with(
+        "extension",
+        &format!(
+            "[{{{}}}]",
+            (0..300_000)
+                .map(|i| format!("\"k{i}\":0"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    );
     vec![
         case(
             "malformed: missing closing brace",
@@ -120,6 +131,18 @@ fn corpus() -> Vec<Case> {
             "invalid dateTime: hour 25",
             patient_with("deceasedDateTime", r#""2020-01-01T25:00:00Z""#),
         ),
+        case(
+            "invalid dateTime: a multi-byte character among the seconds",
+            patient_with("deceasedDateTime", "\"2020-01-01T00:00:0\u{e9}Z\""),
+        ),
+        case(
+            "invalid time: an escaped multi-byte character where the fraction starts",
+            patient_with(
+                "contained",
+                r#"[{"resourceType":"Observation","id":"o","status":"final","code":{"text":"x"},"valueTime":"10:00:0\u00e9"}]"#,
+            ),
+        ),
+        case("an object of 300,000 members", wide_object),
         case(
             "invalid dateTime: time without zone",
             patient_with("deceasedDateTime", r#""2020-01-01T10:00:00""#),
