@@ -18,12 +18,15 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::http::HeaderName;
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
 
 pub use outcome::ApiError;
 
@@ -99,8 +102,52 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", only(get(metadata::health), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))
         .fallback(unknown_route)
+        // Inside the logger, so a caught panic is logged as the 500 it becomes.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(log_request))
+        .layer(cors())
         .with_state(state)
+}
+
+/// CORS for browser apps (SMART apps are often single-page apps on another origin). Any
+/// origin may call, because access is decided by the bearer token, never by cookies: without
+/// `allow_credentials` a browser sends no cookies cross-origin, so the sign-in pages' session
+/// cookie cannot be ridden from another site.
+fn cors() -> CorsLayer {
+    use axum::http::header;
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::CONTENT_LOCATION,
+            header::LAST_MODIFIED,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// A handler that panicked answers 500 with an OperationOutcome instead of dropping the
+/// connection. The panic's message is not repeated: it may quote the request.
+fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal.into_response()
 }
 
 /// A route's methods, with a FHIR 405 (and `Allow`) for any other method.

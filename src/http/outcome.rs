@@ -15,6 +15,7 @@
 //! | body not sent as FHIR JSON              | 415    | not-supported  |
 //! | body's resourceType/id differ from URL  | 422    | business-rule  |
 //! | stored data failed an integrity check   | 500    | exception      |
+//! | a handler panicked (a bug)              | 500    | exception      |
 //! | no bearer token, or an invalid one      | 401    | login (+ WWW-Authenticate) |
 //! | scopes do not reach the interaction/resource | 403 | forbidden     |
 //! | a backend unavailable or too slow       | 503    | transient (+ Retry-After) |
@@ -51,6 +52,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A bug: a handler panicked. Says nothing more, since a panic's message may quote input.
+    #[error("internal error: the request was not completed")]
+    Internal,
 }
 
 impl From<FhirError> for ApiError {
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, one(IssueCode::TooCostly))
             }
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception)),
             ApiError::Repo(repo) => repo_status_and_issues(repo),
             ApiError::Auth(auth) => match auth {
                 AuthError::MissingToken | AuthError::InvalidToken(_) => {

@@ -1,5 +1,6 @@
-//! Content negotiation: JSON in its spellings and FHIR versions, `_format`, `_pretty`, and
-//! plain refusals (406, 415) with an OperationOutcome for XML and other formats.
+//! Content negotiation: JSON in its spellings and FHIR versions, `_format`, `_pretty`, plain
+//! refusals (406, 415) with an OperationOutcome for XML and other formats, and CORS for
+//! browser apps.
 
 use super::{SuiteContext, patient};
 use crate::report::Report;
@@ -119,5 +120,52 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         "a create labelled fhirVersion=4.3 is accepted",
         fhir_sdk_style.status == 201,
         fhir_sdk_style.summary(),
+    );
+
+    // Browser apps on another origin: a preflight, then the real request (CapabilityStatement
+    // `rest.security.cors` says whether a server claims this).
+    let origin = "https://app.example";
+    let preflight = c
+        .request(reqwest::Method::OPTIONS, &path)
+        .header("origin", origin)
+        .header("access-control-request-method", "PUT")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, if-match",
+        )
+        .send()
+        .await;
+    let allowed = |name: &str| {
+        preflight
+            .header(name)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    report.check(
+        SUITE,
+        "a CORS preflight allows the FHIR methods and headers",
+        preflight.status.is_success()
+            && allowed("access-control-allow-origin") == "*"
+            && allowed("access-control-allow-methods").contains("put")
+            && allowed("access-control-allow-headers").contains("authorization")
+            && allowed("access-control-allow-headers").contains("if-match"),
+        format!("{} {:?}", preflight.status.as_u16(), preflight.headers),
+    );
+    let cross_origin = c.get(&path).header("origin", origin).send().await;
+    let exposed = cross_origin
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    report.check(
+        SUITE,
+        "a cross-origin read exposes ETag and Location to the app",
+        cross_origin.status == 200
+            && cross_origin
+                .header("access-control-allow-origin")
+                .as_deref()
+                == Some("*")
+            && exposed.contains("etag")
+            && exposed.contains("location"),
+        format!("{} {exposed}", cross_origin.status.as_u16()),
     );
 }
