@@ -174,8 +174,31 @@ pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 3_600;
 pub const DEFAULT_SWEEP_GRACE_SECS: u64 = 900;
 
 impl Config {
-    /// Resolves flags/env (`args`), the optional file and the defaults into one config.
+    /// Resolves flags/env (`args`), the optional file and the defaults into the config of a
+    /// server that will listen and answer requests.
     pub fn resolve(args: &ServeArgs) -> Result<Config, String> {
+        let config = Config::resolve_settings(args)?;
+        if !config.trusted_issuers.is_empty() && config.base_url.is_none() {
+            return Err(
+                "with trusted issuers, set --base-url (INTELLIHEALTH_BASE_URL): the audience \
+                        their tokens must carry cannot be taken from each request's Host header"
+                    .into(),
+            );
+        }
+        Ok(config)
+    }
+
+    /// The config of commands that only open storage (no listener): the same storage flags
+    /// and environment as `serve`, without what only a listening server must have (a fixed
+    /// base URL), so `users add` works beside a `serve` that trusts external issuers.
+    pub fn for_storage(storage: &StorageArgs) -> Result<Config, String> {
+        Config::resolve_settings(&ServeArgs {
+            storage: storage.clone(),
+            ..ServeArgs::default()
+        })
+    }
+
+    fn resolve_settings(args: &ServeArgs) -> Result<Config, String> {
         let file = match &args.storage.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -201,15 +224,6 @@ impl Config {
             .clone()
             .or(file.base_url)
             .map(|u| u.trim_end_matches('/').to_owned());
-        let trusts_issuers = !args.storage.trusted_issuers.is_empty()
-            || file.trusted_issuers.as_ref().is_some_and(|t| !t.is_empty());
-        if trusts_issuers && base_url.is_none() {
-            return Err(
-                "with trusted issuers, set --base-url (INTELLIHEALTH_BASE_URL): the audience \
-                        their tokens must carry cannot be taken from each request's Host header"
-                    .into(),
-            );
-        }
         Ok(Config {
             listen: args
                 .listen
@@ -271,14 +285,6 @@ impl Config {
                 .map(AdminToken),
         })
     }
-
-    /// The config of commands that only open storage (no listener).
-    pub fn for_storage(storage: &StorageArgs) -> Result<Config, String> {
-        Config::resolve(&ServeArgs {
-            storage: storage.clone(),
-            ..ServeArgs::default()
-        })
-    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -336,6 +342,8 @@ mod tests {
         let mut args = ServeArgs::default();
         args.storage.trusted_issuers = vec!["https://idp.example".into()];
         assert!(Config::resolve(&args).unwrap_err().contains("--base-url"));
+        // Commands that only open storage share serve's environment but never listen.
+        assert!(Config::for_storage(&args.storage).is_ok());
         args.base_url = Some("https://fhir.example/fhir/".into());
         let config = Config::resolve(&args).unwrap();
         assert_eq!(

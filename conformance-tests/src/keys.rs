@@ -92,11 +92,17 @@ impl AsymmetricClient {
     }
 
     /// A client assertion for `token_url` (SMART Backend Services), with a fresh `jti`.
+    /// A client assertion for `token_url`, valid for four minutes (SMART allows at most five).
     pub fn assertion(&self, token_url: &str) -> String {
+        self.assertion_for(token_url, 240)
+    }
+
+    /// A client assertion that expires `lifetime_secs` from now.
+    pub fn assertion_for(&self, token_url: &str, lifetime_secs: i64) -> String {
         let now = now();
         let claims = json!({
             "iss": self.client_id, "sub": self.client_id, "aud": token_url,
-            "exp": now + 240, "iat": now, "jti": kid(),
+            "exp": now + lifetime_secs, "iat": now, "jti": kid(),
         });
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());

@@ -345,3 +345,101 @@ pub fn describe_jwt_error(error: &jsonwebtoken::errors::Error) -> String {
         _ => "the token is malformed".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::embedded::EmbeddedIndex;
+    use crate::vault::{MasterKey, Vault};
+
+    const BASE: &str = "http://fhir.example/fhir";
+
+    /// A token service over its own embedded store and signing key.
+    async fn service() -> (tempfile::TempDir, TokenService) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let vault = Arc::new(Vault::new(MasterKey::from_bytes([3; 32]), store.clone()));
+        let keyring = Keyring::open(store.clone(), vault).await.unwrap();
+        let service = TokenService::new(Arc::new(keyring), store, External::new(Vec::new()));
+        (dir, service)
+    }
+
+    fn claims(change: impl FnOnce(&mut AccessClaims)) -> AccessClaims {
+        let now = now_millis() / 1000;
+        let mut claims = AccessClaims {
+            iss: BASE.into(),
+            sub: "backend".into(),
+            aud: BASE.into(),
+            exp: now + 300,
+            iat: now,
+            nbf: now,
+            jti: random_token(16),
+            scope: "system/*.rs".into(),
+            client_id: "backend".into(),
+            patient: None,
+            fhir_user: None,
+            fam: None,
+        };
+        change(&mut claims);
+        claims
+    }
+
+    /// This server's own tokens, signed with its own key, refused for every claim that is off:
+    /// the runner's attack matrix can only forge those of an issuer it runs itself.
+    #[tokio::test]
+    async fn own_tokens_are_refused_when_any_claim_is_off() {
+        let (_dir, tokens) = service().await;
+        let now = now_millis() / 1000;
+        let good = tokens
+            .sign(ACCESS_TOKEN_TYPE, &claims(|_| {}))
+            .await
+            .unwrap();
+        assert!(tokens.verify(&good, BASE).await.is_ok(), "control");
+
+        let cases: Vec<(&str, AccessClaims)> = vec![
+            (
+                "expired",
+                claims(|c| (c.exp, c.iat, c.nbf) = (now - 600, now - 1200, now - 1200)),
+            ),
+            ("not yet valid", claims(|c| c.nbf = now + 600)),
+            (
+                "another audience",
+                claims(|c| c.aud = "http://other.example/fhir".into()),
+            ),
+        ];
+        for (name, claims) in cases {
+            let token = tokens.sign(ACCESS_TOKEN_TYPE, &claims).await.unwrap();
+            let refused = tokens.verify(&token, BASE).await;
+            assert!(
+                matches!(refused, Err(AuthError::InvalidToken(_))),
+                "{name}: {refused:?}"
+            );
+        }
+        // The same good token presented at another server's base URL.
+        assert!(
+            tokens
+                .verify(&good, "http://other.example/fhir")
+                .await
+                .is_err()
+        );
+        // An id_token (typ JWT) is not an access token, though signed by the same key.
+        let id_token = tokens.sign("JWT", &claims(|_| {})).await.unwrap();
+        assert!(tokens.verify(&id_token, BASE).await.is_err());
+        // Signed by a key this server never had, under this server's issuer.
+        let (_other_dir, stranger) = service().await;
+        let foreign = stranger
+            .sign(ACCESS_TOKEN_TYPE, &claims(|_| {}))
+            .await
+            .unwrap();
+        assert!(matches!(
+            tokens.verify(&foreign, BASE).await,
+            Err(AuthError::InvalidToken(why)) if why.contains("unknown key")
+        ));
+        // Revocation takes effect even for a token already verified (and cached).
+        let revoked = claims(|_| {});
+        let token = tokens.sign(ACCESS_TOKEN_TYPE, &revoked).await.unwrap();
+        assert!(tokens.verify(&token, BASE).await.is_ok());
+        tokens.revoke_access(&revoked).await.unwrap();
+        assert!(tokens.verify(&token, BASE).await.is_err());
+    }
+}

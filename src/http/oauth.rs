@@ -56,6 +56,17 @@ fn oauth_error(error: AuthError) -> Response {
             error.to_string(),
         ),
     };
+    // A bearer-protected endpoint (registration) challenges for a bearer token; the others
+    // refuse a client's credentials, which it sends with Basic (RFC 6749 §5.2).
+    let challenge = match &error {
+        AuthError::MissingToken
+        | AuthError::InvalidToken(_)
+        | AuthError::OAuth {
+            error: "invalid_token",
+            ..
+        } => "Bearer realm=\"auth\", error=\"invalid_token\"",
+        _ => "Basic realm=\"token\"",
+    };
     let mut response = json_response(
         status,
         &serde_json::json!({ "error": code, "error_description": description }),
@@ -63,7 +74,7 @@ fn oauth_error(error: AuthError) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"token\""),
+            HeaderValue::from_static(challenge),
         );
     }
     response

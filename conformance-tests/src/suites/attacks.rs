@@ -11,10 +11,9 @@ use serde_json::{Value, json};
 
 use super::SuiteContext;
 use super::smart::{
-    Decision, SmartFixtures, authorize, authorized, discover, exchange, http, oauth_code,
-    patient_tokens, refresh,
+    Decision, SmartFixtures, authorize, authorized, discover, exchange, failure_code, http,
+    oauth_code, patient_tokens, refresh, refresh_secret, with_token,
 };
-use crate::client::Client as FhirClient;
 use crate::keys::now;
 use crate::report::Report;
 
@@ -41,16 +40,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         return;
     };
     let target = format!("Patient/{}", fx.patient_user.patient_id);
-    let refused = |token: &str| {
-        let (base, target) = (base.clone(), target.clone());
-        let token = token.to_owned();
-        async move {
-            FhirClient::new(&base, Some(token))
-                .get(&target)
-                .send()
-                .await
-        }
-    };
+    let refused = async |token: &str| with_token(ctx, token).get(&target).send().await;
     let check_401 = async |name: &str, token: String, report: &mut Report| {
         let reply = refused(&token).await;
         let challenge = reply.header("www-authenticate").unwrap_or_default();
@@ -97,19 +87,34 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         Err(_) => Value::Null,
     };
     let public = jwks["keys"][0].clone();
-    let hs256 = {
+    // Key confusion: an HMAC "secret" that is the server's public key, in each form a careless
+    // verifier might feed to HMAC (the JWK as published, the SPKI DER, the PEM).
+    let forms = public_key_forms(&public);
+    // Control: the key rebuilt from the JWKS (whose DER and PEM the cases below use) is the
+    // one that really verifies the server's tokens.
+    report.check(
+        SUITE,
+        "control: the public key rebuilt from the JWKS verifies the server's own token",
+        jwk_public_key(&public).is_some_and(|key| verifies_es256(&key, &real)),
+        String::new(),
+    );
+    for (form, secret) in forms {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = public["kid"].as_str().map(str::to_owned);
         header.typ = Some("at+jwt".into());
-        let secret = public.to_string();
-        jsonwebtoken::encode(
+        let hs256 = jsonwebtoken::encode(
             &header,
             &claims,
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
         )
-        .unwrap_or_default()
-    };
-    check_401("HS256 signed with the server's public key", hs256, report).await;
+        .unwrap_or_default();
+        check_401(
+            &format!("HS256 signed with the server's public key ({form})"),
+            hs256,
+            report,
+        )
+        .await;
+    }
     let mut parts: Vec<&str> = real.split('.').collect();
     let forged_payload = b64(&elevated);
     parts[1] = &forged_payload;
@@ -199,10 +204,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             let escalated = refresh(
                 &d,
                 fx,
-                tokens
-                    .refresh_token()
-                    .map(|r| r.secret().as_str())
-                    .unwrap_or_default(),
+                refresh_secret(&tokens),
                 Some("patient/*.rs user/*.cruds"),
             )
             .await;
@@ -211,6 +213,14 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                 "scope escalation on refresh is invalid_scope",
                 escalated.is_err_and(|e| oauth_code(&e) == "invalid_scope"),
                 String::new(),
+            );
+            // The refusal spends nothing: the same refresh token still works once.
+            let retried = refresh(&d, fx, refresh_secret(&tokens), None).await;
+            report.check(
+                SUITE,
+                "a refused escalation leaves the refresh token usable",
+                retried.is_ok(),
+                failure_code(&retried),
             );
         }
         Err(e) => report.check(
@@ -293,7 +303,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         );
     }
     let evil = format!(
-        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge=abc&code_challenge_method=S256",
+        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
         d.authorize, fx.app_client_id, "https%3A%2F%2Fevil.example%2Fcallback", base
     );
     let open = http().get(&evil).send().await;
@@ -317,7 +327,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
 
     match patient_tokens(&d, fx, scope).await {
         Ok(tokens) => {
-            let other = FhirClient::new(&base, Some(tokens.access_token().secret().clone()))
+            let other = with_token(ctx, tokens.access_token().secret())
                 .get(&format!("Patient/{}", fx.other_patient_id))
                 .send()
                 .await;
@@ -349,7 +359,6 @@ async fn review_cases(
     let base = ctx.client.base.clone();
     let patient = &fx.patient_user.patient_id;
     let other = &fx.other_patient_id;
-    let as_token = |token: String| FhirClient::new(&base, Some(token));
 
     // A patient cannot be granted user/ scopes, even through an app allowed them.
     match patient_tokens(d, fx, "launch/patient user/*.rs patient/*.rs").await {
@@ -358,7 +367,7 @@ async fn review_cases(
                 .scopes()
                 .map(|s| s.iter().map(|x| x.to_string()).collect())
                 .unwrap_or_default();
-            let read = as_token(t.access_token().secret().clone())
+            let read = with_token(ctx, t.access_token().secret())
                 .get(&format!("Patient/{other}"))
                 .send()
                 .await;
@@ -380,7 +389,7 @@ async fn review_cases(
     // patient/ write scopes write only into the patient's own record.
     match patient_tokens(d, fx, "launch/patient patient/*.cruds").await {
         Ok(t) => {
-            let c = as_token(t.access_token().secret().clone());
+            let c = with_token(ctx, t.access_token().secret());
             let foreign = json!({"resourceType": "Observation", "status": "final", "code": {"text": "planted"},
                 "subject": {"reference": format!("Patient/{other}")}, "performer": [{"reference": format!("Patient/{patient}")}]});
             let planted = c.post_json("Observation", &foreign).send().await;
@@ -412,7 +421,7 @@ async fn review_cases(
         Ok(t) => {
             let id = format!("ru-{:08x}", rand::random::<u32>());
             let body = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}});
-            let put = as_token(t.access_token().secret().clone())
+            let put = with_token(ctx, t.access_token().secret())
                 .put_json(&format!("Observation/{id}"), &body)
                 .send()
                 .await;
@@ -448,7 +457,7 @@ async fn review_cases(
         Ok(t) => {
             let mut disguised = stored.clone();
             disguised["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}]);
-            let put = as_token(t.access_token().secret().clone())
+            let put = with_token(ctx, t.access_token().secret())
                 .put_json(&format!("Observation/{lab_id}"), &disguised)
                 .send()
                 .await;
@@ -554,7 +563,7 @@ async fn review_cases(
     );
     match patient_tokens(d, fx, "launch/patient patient/*.rs").await {
         Ok(t) => {
-            let attempt = as_token(t.access_token().secret().clone())
+            let attempt = with_token(ctx, t.access_token().secret())
                 .request(reqwest::Method::POST, &format!("{root}/auth/launch"))
                 .header("content-type", "application/json")
                 .body(json!({"patient": other}).to_string().into_bytes())
@@ -580,6 +589,43 @@ async fn review_cases(
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
+    // The same request as a form post (SMART's authorize-post) reaches the same login page.
+    let (query_start, query) = url.split_once('?').unwrap_or((&url, ""));
+    let form: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let posted = match client.post(query_start).form(&form).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    };
+    report.check(
+        SUITE,
+        "the authorization request may be a form post (authorize-post)",
+        posted.0 == 200 && posted.1.contains("name=\"session\""),
+        format!("{}", posted.0),
+    );
+    // A challenge that cannot be an S256 digest is refused before any sign-in.
+    let weak = url.replace(
+        "code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge=abc",
+    );
+    let weak_reply = match client.get(&weak).send().await {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        Err(_) => (0, String::new()),
+    };
+    report.check(
+        SUITE,
+        "a code_challenge that is no S256 digest is invalid_request",
+        weak_reply.1.contains("error=invalid_request") || weak_reply.0 == 400,
+        format!("{} {}", weak_reply.0, weak_reply.1),
+    );
     let marker = "name=\"session\" value=\"";
     let session = page
         .find(marker)
@@ -634,11 +680,8 @@ async fn review_cases(
 
     // Two presentations of one refresh token at once: at most one wins.
     if let Ok(t) = patient_tokens(d, fx, "launch/patient offline_access patient/*.rs").await {
-        let token = t
-            .refresh_token()
-            .map(|r| r.secret().clone())
-            .unwrap_or_default();
-        let (a, b) = tokio::join!(refresh(d, fx, &token, None), refresh(d, fx, &token, None));
+        let token = refresh_secret(&t);
+        let (a, b) = tokio::join!(refresh(d, fx, token, None), refresh(d, fx, token, None));
         report.check(
             SUITE,
             "concurrent use of one refresh token never yields two token chains",
@@ -646,4 +689,62 @@ async fn review_cases(
             String::new(),
         );
     }
+}
+
+/// The P-256 key a published JWK describes.
+fn jwk_public_key(jwk: &Value) -> Option<p256::PublicKey> {
+    let coordinate = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().unwrap_or_default())
+            .ok()
+            .filter(|c| c.len() == 32)
+    };
+    let point = p256::EncodedPoint::from_affine_coordinates(
+        p256::FieldBytes::from_slice(&coordinate("x")?),
+        p256::FieldBytes::from_slice(&coordinate("y")?),
+        false,
+    );
+    p256::PublicKey::from_sec1_bytes(point.as_bytes()).ok()
+}
+
+/// Whether `token` carries a valid ES256 signature by `key`.
+fn verifies_es256(key: &p256::PublicKey, token: &str) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    let Some((signed, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Some(signature) = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|s| p256::ecdsa::Signature::from_slice(&s).ok())
+    else {
+        return false;
+    };
+    p256::ecdsa::VerifyingKey::from(key)
+        .verify(signed.as_bytes(), &signature)
+        .is_ok()
+}
+
+/// A published P-256 JWK as the bytes of its usual encodings: the JWK's JSON, SPKI DER, PEM.
+fn public_key_forms(jwk: &Value) -> Vec<(&'static str, Vec<u8>)> {
+    use p256::pkcs8::EncodePublicKey;
+    let mut forms = vec![("JWK", jwk.to_string().into_bytes())];
+    let Some(key) = jwk_public_key(jwk) else {
+        return forms;
+    };
+    if let Ok(der) = key.to_public_key_der() {
+        let body = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        );
+        forms.push(("SPKI DER", der.as_bytes().to_vec()));
+        forms.push(("PEM", pem.into_bytes()));
+    }
+    forms
 }

@@ -62,6 +62,17 @@ impl AuthServer {
         if param("code_challenge_method") != Some("S256") {
             return fail("invalid_request", "code_challenge_method must be S256");
         }
+        // An S256 challenge is the unpadded base64url of a SHA-256 digest: 43 characters.
+        let is_s256_challenge = code_challenge.len() == 43
+            && code_challenge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !is_s256_challenge {
+            return fail(
+                "invalid_request",
+                "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
+            );
+        }
         if param("aud").map(|a| a.trim_end_matches('/')) != Some(base) {
             return fail("invalid_request", "aud must be this server's FHIR base URL");
         }

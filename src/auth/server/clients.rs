@@ -62,11 +62,13 @@ impl AuthServer {
         let refuse =
             |why: &str| AuthError::invalid_client(format!("client assertion refused: {why}"));
         let header = decode_header(assertion).map_err(|_| refuse("not a JWT"))?;
+        // SMART Backend Services requires RS384 and ES384; their 256-bit siblings are accepted
+        // too (and advertised as such), for clients whose libraries default to them.
         if !matches!(
             header.alg,
             Algorithm::RS384 | Algorithm::ES384 | Algorithm::RS256 | Algorithm::ES256
         ) {
-            return Err(refuse("the algorithm must be RS384 or ES384"));
+            return Err(refuse("the algorithm must be RS384, ES384, RS256 or ES256"));
         }
         let issuer = unverified_claim(assertion, "iss").ok_or_else(|| refuse("no iss"))?;
         let client = self

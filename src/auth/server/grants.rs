@@ -81,15 +81,17 @@ impl AuthServer {
                 "PKCE verification failed (code_verifier)",
             ));
         }
+        let scopes = Scopes::parse(&grant.scope);
         let issued = Issued {
             grant: Grant {
                 subject: grant.subject,
                 client_id: grant.client_id,
-                scopes: Scopes::parse(&grant.scope),
+                scopes: scopes.clone(),
                 patient: grant.patient,
                 fhir_user: grant.fhir_user,
                 family: Some(family),
             },
+            authorized: scopes,
             nonce: grant.nonce,
         };
         self.respond(base, issued).await
@@ -129,6 +131,22 @@ impl AuthServer {
                 "the authorization was revoked",
             ));
         }
+        // Judged before the token is taken: asking for too much is refused without spending
+        // the token, so the client may ask again, properly, with the same one.
+        let authorized = Scopes::parse(&old.scope);
+        let scopes = match form.get("scope").filter(|s| !s.is_empty()) {
+            Some(requested) => {
+                let requested = Scopes::parse(requested);
+                if !authorized.covers(&requested) {
+                    return Err(AuthError::oauth(
+                        "invalid_scope",
+                        "a refresh cannot add scopes the user did not grant",
+                    ));
+                }
+                requested
+            }
+            None => authorized.clone(),
+        };
         // Rotation: exactly one presenter wins the token, decided on the record actually taken
         // (the atomic step); a used or missing one means this is a replay.
         let taken = self.store.take_record(REFRESH, &key).await?;
@@ -147,20 +165,6 @@ impl AuthServer {
             ..clone_refresh(&old)
         };
         records::put_json(self.store.as_ref(), REFRESH, &key, &used, expires_at).await?;
-        let original = Scopes::parse(&old.scope);
-        let scopes = match form.get("scope").filter(|s| !s.is_empty()) {
-            Some(requested) => {
-                let requested = Scopes::parse(requested);
-                if !original.covers(&requested) {
-                    return Err(AuthError::oauth(
-                        "invalid_scope",
-                        "a refresh cannot add scopes the user did not grant",
-                    ));
-                }
-                requested
-            }
-            None => original,
-        };
         let issued = Issued {
             grant: Grant {
                 subject: old.subject,
@@ -170,6 +174,7 @@ impl AuthServer {
                 fhir_user: old.fhir_user,
                 family: Some(old.family),
             },
+            authorized,
             nonce: None,
         };
         self.respond(base, issued).await
@@ -235,14 +240,15 @@ impl AuthServer {
                 .await?
                 .into();
         }
-        if (grant.scopes.contains("offline_access") || grant.scopes.contains("online_access"))
+        let authorized = &issued.authorized;
+        if (authorized.contains("offline_access") || authorized.contains("online_access"))
             && let Some(family) = &grant.family
         {
             let refresh = random_token(32);
             let record = RefreshGrant {
                 family: family.clone(),
                 client_id: grant.client_id.clone(),
-                scope: grant.scopes.to_string(),
+                scope: authorized.to_string(),
                 subject: grant.subject.clone(),
                 fhir_user: grant.fhir_user.clone(),
                 patient: grant.patient.clone(),

@@ -232,6 +232,10 @@ impl AuthServer {
 /// What a user authorization produces.
 struct Issued {
     grant: Grant,
+    /// What the user authorized. A refresh may ask for less in one access token, but the
+    /// refresh token it rotates to keeps the whole authorization (RFC 6749 §6), so narrowing
+    /// once does not narrow the sign-in for good.
+    authorized: Scopes,
     nonce: Option<String>,
 }
 
@@ -281,7 +285,7 @@ pub fn smart_configuration(base: &str) -> serde_json::Value {
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS256", "ES256"],
         "scopes_supported": [
             "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
             "patient/*.cruds", "user/*.cruds", "system/*.cruds",

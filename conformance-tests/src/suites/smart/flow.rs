@@ -13,7 +13,8 @@ use oauth2::basic::{
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EndpointNotSet, EndpointSet, ExtraTokenFields, PkceCodeChallenge, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenUrl,
+    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -94,6 +95,19 @@ pub fn http() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client")
+}
+
+/// The refresh token a token response carries ("" when it carries none).
+pub fn refresh_secret(tokens: &SmartToken) -> &str {
+    tokens
+        .refresh_token()
+        .map(|r| r.secret().as_str())
+        .unwrap_or_default()
+}
+
+/// The OAuth error code of a failed token request ("" when it succeeded), for a report's detail.
+pub fn failure_code(result: &Result<SmartToken, TokenError>) -> String {
+    result.as_ref().err().map(oauth_code).unwrap_or_default()
 }
 
 pub fn oauth_code(error: &TokenError) -> String {

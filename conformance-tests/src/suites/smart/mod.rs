@@ -23,7 +23,19 @@ async fn reads(ctx: &SuiteContext, token: &str, path: &str) -> bool {
     with_token(ctx, token).get(path).send().await.status == 200
 }
 
-fn with_token(ctx: &SuiteContext, token: &str) -> FhirClient {
+/// Whether a token request succeeded and its access token reads `path`.
+async fn granted_reads(
+    ctx: &SuiteContext,
+    result: &Result<SmartToken, impl std::fmt::Debug>,
+    path: &str,
+) -> bool {
+    match result {
+        Ok(tokens) => reads(ctx, tokens.access_token().secret(), path).await,
+        Err(_) => false,
+    }
+}
+
+pub(super) fn with_token(ctx: &SuiteContext, token: &str) -> FhirClient {
     FhirClient::new(&ctx.client.base, Some(token.to_owned()))
 }
 
@@ -346,16 +358,10 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
     }
 
     // Refresh with rotation; a rotated token presented again revokes the family.
-    let first_refresh = tokens
-        .refresh_token()
-        .map(|r| r.secret().clone())
-        .unwrap_or_default();
-    match refresh(&d, fx, &first_refresh, None).await {
+    let first_refresh = refresh_secret(&tokens);
+    match refresh(&d, fx, first_refresh, None).await {
         Ok(rotated) => {
-            let second_refresh = rotated
-                .refresh_token()
-                .map(|r| r.secret().clone())
-                .unwrap_or_default();
+            let second_refresh = refresh_secret(&rotated);
             report.check(
                 SUITE,
                 "refresh rotates the refresh token",
@@ -372,7 +378,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                 works.status == 200,
                 works.summary(),
             );
-            let replay = refresh(&d, fx, &first_refresh, None).await;
+            let replay = refresh(&d, fx, first_refresh, None).await;
             report.check(
                 SUITE,
                 "reusing a rotated refresh token is invalid_grant",
@@ -381,7 +387,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                     .is_err_and(|e| oauth_code(e) == "invalid_grant"),
                 String::new(),
             );
-            let family = refresh(&d, fx, &second_refresh, None).await;
+            let family = refresh(&d, fx, second_refresh, None).await;
             report.check(
                 SUITE,
                 "after a reuse, the whole family is revoked",
@@ -413,10 +419,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             let narrowed = refresh(
                 &d,
                 fx,
-                fresh
-                    .refresh_token()
-                    .map(|r| r.secret().as_str())
-                    .unwrap_or_default(),
+                refresh_secret(&fresh),
                 Some("patient/Patient.rs offline_access"),
             )
             .await;
@@ -427,8 +430,21 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                     t.scopes()
                         .is_some_and(|s| s.iter().any(|x| x.as_str() == "patient/Patient.rs"))
                 }),
-                narrowed.as_ref().err().map(oauth_code).unwrap_or_default(),
+                failure_code(&narrowed),
             );
+            // Narrowing one access token does not narrow the authorization (RFC 6749 §6).
+            if let Ok(t) = &narrowed {
+                let restored = refresh(&d, fx, refresh_secret(t), None).await;
+                report.check(
+                    SUITE,
+                    "the refresh token after a narrowed refresh keeps the whole authorization",
+                    restored.as_ref().is_ok_and(|t| {
+                        t.scopes()
+                            .is_some_and(|s| s.iter().any(|x| x.as_str() == "patient/*.rs"))
+                    }),
+                    failure_code(&restored),
+                );
+            }
         }
         Err(e) => report.check(SUITE, "a refresh may narrow the scopes", false, e),
     }
@@ -442,23 +458,8 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         };
         let result =
             secret_tokens(&d, &fx.secret_client_id, &fx.secret, "system/*.rs", basic).await;
-        let ok = match &result {
-            Ok(t) => {
-                reads(
-                    ctx,
-                    t.access_token().secret(),
-                    &format!("Patient/{}", fx.other_patient_id),
-                )
-                .await
-            }
-            Err(_) => false,
-        };
-        report.check(
-            SUITE,
-            name,
-            ok,
-            result.err().map(|e| oauth_code(&e)).unwrap_or_default(),
-        );
+        let ok = granted_reads(ctx, &result, &format!("Patient/{}", fx.other_patient_id)).await;
+        report.check(SUITE, name, ok, failure_code(&result));
     }
     let raw = http()
         .post(&d.token)
@@ -491,17 +492,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
     );
     for key in [&fx.es384, &fx.rs384] {
         let (result, assertion) = assertion_tokens(&d, key, None).await;
-        let ok = match &result {
-            Ok(t) => {
-                reads(
-                    ctx,
-                    t.access_token().secret(),
-                    &format!("Patient/{}", fx.other_patient_id),
-                )
-                .await
-            }
-            Err(_) => false,
-        };
+        let ok = granted_reads(ctx, &result, &format!("Patient/{}", fx.other_patient_id)).await;
         report.check(
             SUITE,
             format!(
@@ -509,7 +500,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                 key.algorithm
             ),
             ok,
-            result.err().map(|e| oauth_code(&e)).unwrap_or_default(),
+            failure_code(&result),
         );
         let (replayed, _) = assertion_tokens(&d, key, Some(assertion)).await;
         report.check(
@@ -521,7 +512,52 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             replayed.is_err_and(|e| oauth_code(&e) == "invalid_client"),
             String::new(),
         );
+        let long_lived = key.assertion_for(&d.token, 600);
+        let (refused, _) = assertion_tokens(&d, key, Some(long_lived)).await;
+        report.check(
+            SUITE,
+            format!(
+                "a client assertion expiring in more than 5 minutes ({:?}) is invalid_client",
+                key.algorithm
+            ),
+            refused.is_err_and(|e| oauth_code(&e) == "invalid_client"),
+            String::new(),
+        );
     }
+
+    // SMART v1 scopes work end to end beside v2: `.read` reads, and reaches nothing else.
+    let v1 = secret_tokens(
+        &d,
+        &fx.secret_client_id,
+        &fx.secret,
+        "system/Patient.read",
+        true,
+    )
+    .await;
+    let v1_reads = granted_reads(ctx, &v1, &format!("Patient/{}", fx.other_patient_id)).await;
+    let v1_token = v1
+        .as_ref()
+        .map(|t| t.access_token().secret().clone())
+        .unwrap_or_default();
+    let v1_write = with_token(ctx, &v1_token)
+        .post_json("Patient", &super::patient("V1"))
+        .send()
+        .await;
+    let v1_other_type = with_token(ctx, &v1_token)
+        .get("Observation/_history")
+        .send()
+        .await;
+    report.check(
+        SUITE,
+        "a v1 scope (system/Patient.read) reads Patients and is 403 for writes and other types",
+        v1_reads && v1_write.status == 403 && v1_other_type.status == 403,
+        format!(
+            "{}; write {}; other type {}",
+            failure_code(&v1),
+            v1_write.status.as_u16(),
+            v1_other_type.status.as_u16()
+        ),
+    );
 
     // EHR launch: the EHR binds a patient, the app brings `launch`.
     let launch = ctx
@@ -672,11 +708,18 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
     // Dynamic registration (RFC 7591).
     let metadata = json!({"client_name": "registered by the runner", "token_endpoint_auth_method": "client_secret_basic", "scope": "system/Patient.rs", "grant_types": ["client_credentials"]});
     let anonymous = http().post(&d.register).json(&metadata).send().await;
+    let challenge = anonymous
+        .as_ref()
+        .ok()
+        .and_then(|r| r.headers().get("www-authenticate"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     report.check(
         SUITE,
-        "registration without the admin token is refused (401)",
-        anonymous.is_ok_and(|r| r.status() == 401),
-        String::new(),
+        "registration without the admin token is refused (401, a Bearer challenge)",
+        anonymous.is_ok_and(|r| r.status() == 401) && challenge.starts_with("Bearer"),
+        challenge,
     );
     if let Some(admin) = &fx.admin_token {
         let registered = http()
@@ -696,7 +739,8 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             SUITE,
             "a dynamically registered client gets tokens",
             works.is_ok() && !id.is_empty(),
-            body.to_string(),
+            // Never the body: it carries the client's secret.
+            format!("client_id {id:?}: {}", failure_code(&works)),
         );
     }
 }
