@@ -32,6 +32,19 @@ use crate::vault::ipfs::IpfsBlobStore;
 use crate::vault::local::LocalBlobStore;
 use crate::vault::{MasterKey, Vault};
 
+/// Makes a panic log where it happened, never what it said: a panic's message can quote the
+/// data being handled (a slice of a client's string, say), and logs carry no health data. The
+/// HTTP face turns a panicking request into a 500 OperationOutcome; this keeps it out of stderr.
+pub fn log_panics_without_their_messages() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, "a task panicked (its message is withheld: it may quote data)");
+    }));
+}
+
 /// Longest pause between two attempts to reach a service at start-up.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
@@ -72,7 +85,12 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
     let index: Arc<dyn IndexStore> = match &config.backends.mongodb_uri {
         Some(uri) => {
             let what = redact_userinfo(uri);
-            Arc::new(wait_for("MongoDB", &what, || MongoIndex::connect(uri, timeout)).await)
+            // Connecting is several calls (hello, ping, creating indexes), each bounded by
+            // `timeout`; the attempt as a whole gets room for all of them.
+            let connected = wait_for("MongoDB", &what, timeout * 6, || {
+                MongoIndex::connect(uri, timeout)
+            });
+            Arc::new(connected.await)
         }
         None => Arc::new(
             EmbeddedIndex::open(&config.data_dir)
@@ -84,7 +102,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
     let blobs: Arc<dyn BlobStore> = match &config.backends.ipfs_api {
         Some(api) => {
             let store = IpfsBlobStore::new(api).map_err(|e| StartupError::Blobs(e.to_string()))?;
-            wait_for("IPFS", api, || store.health()).await;
+            wait_for("IPFS", api, timeout, || store.health()).await;
             Arc::new(store)
         }
         None => Arc::new(
@@ -121,7 +139,12 @@ pub async fn auth_server(config: &Config, stores: &Stores) -> Result<AuthServer,
 }
 
 /// Retries `attempt` until it succeeds, saying at each failure what is awaited and why.
-async fn wait_for<T, E, F, Fut>(component: &str, address: &str, mut attempt: F) -> T
+async fn wait_for<T, E, F, Fut>(
+    component: &str,
+    address: &str,
+    timeout: Duration,
+    mut attempt: F,
+) -> T
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -129,17 +152,19 @@ where
 {
     let mut pause = Duration::from_millis(250);
     loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(e) => {
-                tracing::warn!(
-                    "waiting for {component} at {address}: {e}; retrying in {:.1} s",
-                    pause.as_secs_f64()
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE);
-            }
-        }
+        // Bounded, so a service that accepts connections but never answers is reported and
+        // retried like one that refuses them, instead of stalling start-up silently.
+        let failure = match tokio::time::timeout(timeout, attempt()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        tracing::warn!(
+            "waiting for {component} at {address}: {failure}; retrying in {:.1} s",
+            pause.as_secs_f64()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RETRY_PAUSE);
     }
 }
 

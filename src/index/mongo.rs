@@ -178,6 +178,14 @@ fn unavailable(e: impl std::fmt::Display) -> IndexError {
 
 /// Errors that mean "someone else got there first" rather than "the database failed".
 fn is_conflict(e: &MongoError) -> bool {
+    match e.kind.as_ref() {
+        // The driver labels these transient inside a transaction too, but they mean the
+        // database is unreachable: a 503, never a 409.
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => return false,
+        _ => {}
+    }
     if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
         return true;
     }
@@ -247,6 +255,10 @@ impl MongoIndex {
                 .keys(doc! {"type": 1, "last_updated": 1, "id": 1, "version": 1})
                 .build(),
             IndexModel::builder().keys(doc! {"cid": 1}).build(),
+            // History narrowed to one patient's compartment (patient/ scopes).
+            IndexModel::builder()
+                .keys(doc! {"patients": 1, "last_updated": 1})
+                .build(),
         ];
         self.versions
             .create_indexes(versions)
@@ -257,6 +269,15 @@ impl MongoIndex {
             .build()];
         self.current
             .create_indexes(current)
+            .await
+            .map_err(unavailable)?;
+        // Listing one kind of record (clients, signing keys), in key order.
+        self.records
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"kind": 1, "key": 1})
+                    .build(),
+            )
             .await
             .map_err(unavailable)?;
         Ok(())

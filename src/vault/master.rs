@@ -70,20 +70,45 @@ impl MasterKey {
                 rand::rng().fill_bytes(key.as_mut_slice());
                 let hex =
                     Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                }
-                let mut file = std::fs::OpenOptions::new()
+                let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                // Written whole beside its final name, then linked into place: a crash leaves
+                // no key file at all rather than an empty one every later start would refuse,
+                // and a link (unlike a rename) never replaces a key another process made first.
+                let staging = dir.join(format!(
+                    ".master-key-{}-{:016x}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                let written = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                file.write_all(hex.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                tracing::info!(path = %path.display(), "generated a new master key");
-                Ok(MasterKey(key))
+                    .open(&staging)
+                    .and_then(|mut file| {
+                        file.write_all(hex.as_bytes())?;
+                        file.sync_all()
+                    })
+                    .and_then(|()| std::fs::hard_link(&staging, path));
+                let _ = std::fs::remove_file(&staging);
+                match written {
+                    Ok(()) => {
+                        if let Ok(dir) = std::fs::File::open(dir) {
+                            let _ = dir.sync_all();
+                        }
+                        tracing::info!(path = %path.display(), "generated a new master key");
+                        Ok(MasterKey(key))
+                    }
+                    // Another process made the key first: use its key.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        MasterKey::load_or_create(path)
+                    }
+                    Err(e) => Err(failed(e)),
+                }
             }
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
@@ -176,5 +201,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let again = MasterKey::load_or_create(&path).unwrap();
         assert_eq!(*first.0, *again.0);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no staging file is left beside the key");
+    }
+
+    #[test]
+    fn processes_starting_together_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| *MasterKey::load_or_create(&path).unwrap().0))
+                .collect();
+            starts.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
     }
 }
