@@ -1,6 +1,6 @@
 //! History at three levels (instance, type, system) as `history` Bundles: newest first,
-//! `_count` per page, `_since`, `_at`, and `next` links that carry an opaque cursor (the last
-//! entry of the page), so paging stays stable while new versions arrive.
+//! `_count` per page, `_since`, `_at`, a `first` link, and `next` links that carry an opaque
+//! cursor (the last entry of the page), so paging stays stable while new versions arrive.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -241,18 +241,17 @@ fn bundle(
     params: &HistoryParams,
     next: Option<&HistoryCursor>,
 ) -> Json {
-    let mut links = vec![object([
-        ("relation", Json::str("self")),
-        (
-            "url",
-            Json::str(params.link(base, path, params.cursor.as_ref())),
-        ),
-    ])];
+    let link = |relation: &str, cursor: Option<&HistoryCursor>| {
+        object([
+            ("relation", Json::str(relation)),
+            ("url", Json::str(params.link(base, path, cursor))),
+        ])
+    };
+    // No `previous`: a cursor points forward only, which is what keeps pages stable while
+    // new versions arrive; `first` is the way back.
+    let mut links = vec![link("self", params.cursor.as_ref()), link("first", None)];
     if let Some(next) = next {
-        links.push(object([
-            ("relation", Json::str("next")),
-            ("url", Json::str(params.link(base, path, Some(next)))),
-        ]));
+        links.push(link("next", Some(next)));
     }
     let mut bundle = object([
         ("resourceType", Json::str("Bundle")),

@@ -93,6 +93,13 @@ pub const KNOWN_INVALID: &[(&str, &str)] = &[
     ),
 ];
 
+/// What `hl7.fhir.r4.examples@4.0.1` holds apart from its conformance resources.
+const EXAMPLE_RECORDS: usize = 720;
+const EXAMPLE_TYPES: usize = 126;
+/// ... and with its conformance resources (`--all-examples`).
+const ALL_RESOURCES: usize = 5306;
+const ALL_TYPES: usize = 140;
+
 /// Requests in flight at once while loading the examples.
 const CONCURRENCY: usize = 8;
 
@@ -193,6 +200,18 @@ pub async fn run(ctx: &SuiteContext, dir: &Path, all: bool, report: &mut Report)
     let mut types: Vec<&str> = examples.iter().map(|e| e.resource_type.as_str()).collect();
     types.sort_unstable();
     types.dedup();
+    // A partial or different package must not pass as the whole official set.
+    let (records, of_types) = if all {
+        (ALL_RESOURCES, ALL_TYPES)
+    } else {
+        (EXAMPLE_RECORDS, EXAMPLE_TYPES)
+    };
+    report.check(
+        SUITE,
+        format!("the package holds {records} resources of {of_types} types"),
+        examples.len() == records && types.len() == of_types,
+        format!("{} resources of {} types", examples.len(), types.len()),
+    );
     let failed: Vec<&(String, String, bool, String)> = results.iter().filter(|r| !r.2).collect();
     for (file, _, _, detail) in &failed {
         report.check(SUITE, format!("round trip {file}"), false, detail.clone());

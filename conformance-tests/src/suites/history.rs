@@ -129,6 +129,33 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         bad_since.status == 400 && bad_since.is_outcome(),
         bad_since.summary(),
     );
+    let multibyte_since = c
+        .get(&format!(
+            "Patient/{id}/_history?_since=2020-01-01T00%3A00%3A0%C3%A9Z"
+        ))
+        .send()
+        .await;
+    report.check(
+        SUITE,
+        "a _since with a multi-byte character among its seconds is 400 OperationOutcome",
+        multibyte_since.status == 400 && multibyte_since.is_outcome(),
+        multibyte_since.summary(),
+    );
+    let first_link = first_page["link"]
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["relation"] == "first"))
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned);
+    let back_to_first = match &first_link {
+        Some(url) => versions_at(c, url).await,
+        None => Vec::new(),
+    };
+    report.check(
+        SUITE,
+        "the first link leads back to the first page",
+        back_to_first == ["5", "4"],
+        format!("{first_link:?}: {back_to_first:?}"),
+    );
 
     // Type and system level.
     let type_level = follow_pages(
@@ -153,6 +180,26 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         system.iter().filter(|e| entry_id(e) == id).count() == 5,
         format!("{} entries", system.len()),
     );
+    for (level, path) in [
+        (
+            "type",
+            format!("Patient/_history?_at={}&_count=1000", encode(at)),
+        ),
+        ("system", format!("_history?_at={}&_count=1000", encode(at))),
+    ] {
+        let versions: Vec<String> = follow_pages(c, &path)
+            .await
+            .iter()
+            .filter(|e| entry_id(e) == id)
+            .map(entry_version)
+            .collect();
+        report.check(
+            SUITE,
+            format!("_at at {level} level keeps the version current at that instant"),
+            versions == ["2"],
+            format!("{versions:?}"),
+        );
+    }
     let unknown = c.get("Patient/never-created-here/_history").send().await;
     report.check(
         SUITE,
