@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::SuiteContext;
 use super::smart::{
     Decision, SmartFixtures, authorize, authorized, discover, exchange, failure_code, http,
-    oauth_code, patient_tokens, refresh, refresh_secret, with_token,
+    oauth_code, patient_tokens, refresh, refresh_secret, status_and_location, with_token,
 };
 use crate::keys::now;
 use crate::report::Report;
@@ -306,18 +306,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
         d.authorize, fx.app_client_id, "https%3A%2F%2Fevil.example%2Fcallback", base
     );
-    let open = http().get(&evil).send().await;
-    let (status, location) = match &open {
-        Ok(r) => (
-            r.status().as_u16(),
-            r.headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        Err(_) => (0, String::new()),
-    };
+    let (status, location) = status_and_location(&http(), &evil).await;
     report.check(
         SUITE,
         "an unregistered redirect_uri is refused on a page, never redirected to (open redirect)",
@@ -609,17 +598,7 @@ async fn review_cases(
         "code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
         "code_challenge=abc",
     );
-    let weak_reply = match client.get(&weak).send().await {
-        Ok(r) => (
-            r.status().as_u16(),
-            r.headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        Err(_) => (0, String::new()),
-    };
+    let weak_reply = status_and_location(&client, &weak).await;
     report.check(
         SUITE,
         "a code_challenge that is no S256 digest is invalid_request",

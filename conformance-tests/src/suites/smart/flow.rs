@@ -105,6 +105,29 @@ pub fn refresh_secret(tokens: &SmartToken) -> &str {
         .unwrap_or_default()
 }
 
+/// Whether a token request succeeded with `scope` among the scopes granted.
+pub fn grants_scope(result: &Result<SmartToken, TokenError>, scope: &str) -> bool {
+    result.as_ref().is_ok_and(|t| {
+        t.scopes()
+            .is_some_and(|s| s.iter().any(|x| x.as_str() == scope))
+    })
+}
+
+/// The status and `Location` of an unfollowed GET (status 0 when it failed outright).
+pub async fn status_and_location(client: &reqwest::Client, url: &str) -> (u16, String) {
+    match client.get(url).send().await {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
 /// The OAuth error code of a failed token request ("" when it succeeded), for a report's detail.
 pub fn failure_code(result: &Result<SmartToken, TokenError>) -> String {
     result.as_ref().err().map(oauth_code).unwrap_or_default()

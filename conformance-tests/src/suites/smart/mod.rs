@@ -426,10 +426,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             report.check(
                 SUITE,
                 "a refresh may narrow the scopes",
-                narrowed.as_ref().is_ok_and(|t| {
-                    t.scopes()
-                        .is_some_and(|s| s.iter().any(|x| x.as_str() == "patient/Patient.rs"))
-                }),
+                grants_scope(&narrowed, "patient/Patient.rs"),
                 failure_code(&narrowed),
             );
             // Narrowing one access token does not narrow the authorization (RFC 6749 §6).
@@ -438,10 +435,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
                 report.check(
                     SUITE,
                     "the refresh token after a narrowed refresh keeps the whole authorization",
-                    restored.as_ref().is_ok_and(|t| {
-                        t.scopes()
-                            .is_some_and(|s| s.iter().any(|x| x.as_str() == "patient/*.rs"))
-                    }),
+                    grants_scope(&restored, "patient/*.rs"),
                     failure_code(&restored),
                 );
             }
