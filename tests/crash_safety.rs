@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Profile, Server, client};
+use conformance_tests::suites::bundle_link;
 use futures::stream::{self, StreamExt};
 use serde_json::json;
 
@@ -137,10 +138,7 @@ async fn every_version_readable(server: &Server) -> usize {
             assert_eq!(entry["resource"]["resourceType"], "Observation");
             count += 1;
         }
-        next = bundle["link"]
-            .as_array()
-            .and_then(|links| links.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str().map(str::to_owned));
+        next = bundle_link(&bundle, "next");
     }
     count
 }

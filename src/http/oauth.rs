@@ -58,14 +58,10 @@ fn oauth_error(error: AuthError) -> Response {
     };
     // A bearer-protected endpoint (registration) challenges for a bearer token; the others
     // refuse a client's credentials, which it sends with Basic (RFC 6749 §5.2).
-    let challenge = match &error {
-        AuthError::MissingToken
-        | AuthError::InvalidToken(_)
-        | AuthError::OAuth {
-            error: "invalid_token",
-            ..
-        } => "Bearer realm=\"auth\", error=\"invalid_token\"",
-        _ => "Basic realm=\"token\"",
+    let challenge = if code == "invalid_token" {
+        "Bearer realm=\"auth\", error=\"invalid_token\""
+    } else {
+        "Basic realm=\"token\""
     };
     let mut response = json_response(
         status,

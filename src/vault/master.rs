@@ -57,6 +57,7 @@ impl MasterKey {
 
     /// Reads the key file at `path`, or creates it (mode 0600) with a fresh random key.
     pub fn load_or_create(path: &Path) -> Result<MasterKey, String> {
+        let failed = |e: std::io::Error| format!("{}: {e}", path.display());
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077);
@@ -68,38 +69,8 @@ impl MasterKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = Zeroizing::new([0u8; 32]);
                 rand::rng().fill_bytes(key.as_mut_slice());
-                let hex =
-                    Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
-                let failed = |e: std::io::Error| format!("{}: {e}", path.display());
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                std::fs::create_dir_all(dir).map_err(failed)?;
-                // Written whole beside its final name, then linked into place: a crash leaves
-                // no key file at all rather than an empty one every later start would refuse,
-                // and a link (unlike a rename) never replaces a key another process made first.
-                let staging = dir.join(format!(
-                    ".master-key-{}-{:016x}",
-                    std::process::id(),
-                    rand::random::<u64>()
-                ));
-                let written = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&staging)
-                    .and_then(|mut file| {
-                        file.write_all(hex.as_bytes())?;
-                        file.sync_all()
-                    })
-                    .and_then(|()| std::fs::hard_link(&staging, path));
-                let _ = std::fs::remove_file(&staging);
-                match written {
+                match create_key_file(path, &key) {
                     Ok(()) => {
-                        if let Ok(dir) = std::fs::File::open(dir) {
-                            let _ = dir.sync_all();
-                        }
                         tracing::info!(path = %path.display(), "generated a new master key");
                         Ok(MasterKey(key))
                     }
@@ -110,7 +81,7 @@ impl MasterKey {
                     Err(e) => Err(failed(e)),
                 }
             }
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(failed(e)),
         }
     }
 
@@ -156,6 +127,41 @@ impl MasterKey {
         let array: [u8; 32] = plain.as_slice().try_into().ok()?;
         Some(Zeroizing::new(array))
     }
+}
+
+/// Writes `key` as hex to a new file at `path`, mode 0600. Written whole beside its final
+/// name, then linked into place: a crash leaves no key file at all rather than an empty one
+/// every later start would refuse, and a link (unlike a rename) never replaces a key another
+/// process made first (that case fails with `AlreadyExists`).
+fn create_key_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+    let hex = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let staging = dir.join(format!(
+        ".master-key-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)
+        .and_then(|mut file| {
+            file.write_all(hex.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::hard_link(&staging, path));
+    let _ = std::fs::remove_file(&staging);
+    written?;
+    // The new name is durable once its directory is; the key is usable either way.
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 fn wrap_aad(owner: &str) -> String {

@@ -19,6 +19,10 @@ use crate::report::Report;
 
 const SUITE: &str = "attacks";
 
+/// A well-formed S256 code challenge (RFC 7636, appendix B), for authorization requests that
+/// are refused or abandoned before any code exchange.
+const SAMPLE_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
 fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
@@ -303,7 +307,7 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
         );
     }
     let evil = format!(
-        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=x&aud={}&code_challenge={SAMPLE_CHALLENGE}&code_challenge_method=S256",
         d.authorize, fx.app_client_id, "https%3A%2F%2Fevil.example%2Fcallback", base
     );
     let (status, location) = status_and_location(&http(), &evil).await;
@@ -571,7 +575,7 @@ async fn review_cases(
     // The sign-in is bound to the browser that started it.
     let client = super::smart::http();
     let url = format!(
-        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=s&aud={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        "{}?response_type=code&client_id={}&redirect_uri={}&scope=patient/*.rs&state=s&aud={}&code_challenge={SAMPLE_CHALLENGE}&code_challenge_method=S256",
         d.authorize, fx.app_client_id, "https%3A%2F%2Fapp.example%2Fcallback", base
     );
     let page = match client.get(&url).send().await {
@@ -595,7 +599,7 @@ async fn review_cases(
     );
     // A challenge that cannot be an S256 digest is refused before any sign-in.
     let weak = url.replace(
-        "code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        &format!("code_challenge={SAMPLE_CHALLENGE}"),
         "code_challenge=abc",
     );
     let weak_reply = status_and_location(&client, &weak).await;

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{SuiteContext, patient};
+use super::{SuiteContext, bundle_link, patient};
 use crate::client::Client;
 use crate::report::Report;
 
@@ -94,7 +94,8 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
     report.check(
         SUITE,
         "a page of _count=2 has 2 entries and a next link",
-        first_page["entry"].as_array().map(Vec::len) == Some(2) && next_link(&first_page).is_some(),
+        first_page["entry"].as_array().map(Vec::len) == Some(2)
+            && bundle_link(&first_page, "next").is_some(),
         String::new(),
     );
 
@@ -141,11 +142,7 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         multibyte_since.status == 400 && multibyte_since.is_outcome(),
         multibyte_since.summary(),
     );
-    let first_link = first_page["link"]
-        .as_array()
-        .and_then(|links| links.iter().find(|l| l["relation"] == "first"))
-        .and_then(|l| l["url"].as_str())
-        .map(str::to_owned);
+    let first_link = bundle_link(&first_page, "first");
     let back_to_first = match &first_link {
         Some(url) => versions_at(c, url).await,
         None => Vec::new(),
@@ -235,15 +232,6 @@ fn entry_id(entry: &Value) -> String {
         .to_owned()
 }
 
-fn next_link(bundle: &Value) -> Option<String> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")?["url"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 /// All entries reached from `path` by following `next` links (at most 100 pages).
 async fn follow_pages(c: &Client, path: &str) -> Vec<Value> {
     let mut entries = Vec::new();
@@ -252,7 +240,7 @@ async fn follow_pages(c: &Client, path: &str) -> Vec<Value> {
         let Some(url) = next.take() else { break };
         let bundle = c.get(&url).send().await.json().unwrap_or_default();
         entries.extend(bundle["entry"].as_array().cloned().unwrap_or_default());
-        next = next_link(&bundle);
+        next = bundle_link(&bundle, "next");
     }
     entries
 }

@@ -32,6 +32,16 @@ pub fn patient(family: &str) -> Value {
     })
 }
 
+/// The URL of a Bundle's link with this `relation` (`self`, `first`, `next`, …).
+pub fn bundle_link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)?["url"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// A fresh id no other run will use.
 pub fn random_id() -> String {
     format!("ct-{:016x}", rand::random::<u64>())
