@@ -4,15 +4,18 @@
 //! ones, or MongoDB / IPFS when their addresses are configured. A service that is down at
 //! start-up is waited for, with a log line saying what is awaited, rather than failing.
 //! `serve` is the one lifecycle, used by `main` and tests alike: it takes a bound listener
-//! (tests bind port 0) and a shutdown signal, runs the background sweeper, drains in-flight
-//! requests on shutdown, stops the sweeper, then returns.
+//! (tests bind port 0) and a shutdown signal, runs the background tasks (the blob sweeper, the
+//! purge of expired records) and the side listeners (the admin socket, an optional metrics
+//! listener), drains in-flight requests on shutdown, stops the rest, then returns.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::auth::accounts::Accounts;
 use crate::auth::external::External;
 use crate::auth::keys::Keyring;
@@ -25,9 +28,11 @@ use crate::index::IndexStore;
 use crate::index::bounded::Bounded;
 use crate::index::embedded::EmbeddedIndex;
 use crate::index::mongo::MongoIndex;
+use crate::metrics;
 use crate::repository::Repository;
 use crate::vault::blob::BlobStore;
 use crate::vault::bounded::Bounded as BoundedBlobs;
+use crate::vault::cached::Cached as CachedBlobs;
 use crate::vault::ipfs::IpfsBlobStore;
 use crate::vault::local::LocalBlobStore;
 use crate::vault::{MasterKey, Vault};
@@ -111,6 +116,11 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
         ),
     };
     let blobs: Arc<dyn BlobStore> = Arc::new(BoundedBlobs::new(blobs, timeout));
+    // Outside the timeout: a hit needs no backend at all.
+    let blobs: Arc<dyn BlobStore> = match config.blob_cache_bytes {
+        0 => blobs,
+        capacity => Arc::new(CachedBlobs::new(blobs, capacity)),
+    };
     let vault = Arc::new(Vault::new(master, index.clone()));
     vault
         .verify_master_key()
@@ -183,12 +193,16 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     })
 }
 
-/// How the background tasks run.
-#[derive(Clone, Copy, Debug)]
+/// How the background tasks and side listeners run.
+#[derive(Clone, Debug)]
 pub struct Background {
     /// `None`: no background sweeper.
     pub sweep_interval: Option<Duration>,
     pub sweep_grace: Duration,
+    /// Where the admin socket goes (`DATA_DIR/admin/admin.sock`); `None`: none.
+    pub admin_dir: Option<PathBuf>,
+    /// An address for an unauthenticated `/metrics` listener; `None`: none.
+    pub metrics_listen: Option<String>,
 }
 
 impl Background {
@@ -196,9 +210,24 @@ impl Background {
         Background {
             sweep_interval: config.sweep_interval,
             sweep_grace: config.sweep_grace,
+            admin_dir: Some(config.data_dir.clone()),
+            metrics_listen: config.metrics_listen.clone(),
+        }
+    }
+
+    /// No background work at all (tests that drive everything themselves).
+    pub fn none() -> Background {
+        Background {
+            sweep_interval: None,
+            sweep_grace: Duration::ZERO,
+            admin_dir: None,
+            metrics_listen: None,
         }
     }
 }
+
+/// How often expired authorization records are deleted.
+const RECORD_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Serves until `shutdown` resolves, then stops accepting, waits for in-flight requests and
 /// stops the background tasks.
@@ -209,47 +238,110 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sweeper = background.sweep_interval.map(|interval| {
-        tokio::spawn(run_sweeper(
-            state.repo.clone(),
+    let mut tasks = Vec::new();
+    if let Some(interval) = background.sweep_interval {
+        let (repo, grace) = (state.repo.clone(), background.sweep_grace);
+        tasks.push(tokio::spawn(periodic(
             interval,
-            background.sweep_grace,
-            stopped,
-        ))
-    });
+            stopped.clone(),
+            move || {
+                let repo = repo.clone();
+                async move { sweep_once(&repo, grace).await }
+            },
+        )));
+    }
+    let repo = state.repo.clone();
+    tasks.push(tokio::spawn(periodic(
+        RECORD_PURGE_INTERVAL,
+        stopped.clone(),
+        move || {
+            let repo = repo.clone();
+            async move {
+                if let Err(e) = repo.purge_expired_records().await {
+                    tracing::warn!("purging expired records failed: {e}");
+                }
+            }
+        },
+    )));
+    if let Some(address) = &background.metrics_listen {
+        let metrics = TcpListener::bind(address).await?;
+        tracing::info!(address = %metrics.local_addr()?, "serving /metrics");
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(metrics, http::telemetry::metrics_router())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+        }));
+    }
+    if let Some(dir) = &background.admin_dir {
+        match admin::bind(dir).await {
+            Ok(Some(socket)) => {
+                let admin_state = admin::AdminState {
+                    auth: state.auth.clone(),
+                    repo: state.repo.clone(),
+                };
+                tasks.push(tokio::spawn(admin::serve(
+                    socket,
+                    admin_state,
+                    stopped.clone(),
+                )));
+            }
+            Ok(None) => tracing::warn!(
+                "another server answers on this data directory's admin socket; this one has none"
+            ),
+            Err(e) => tracing::warn!(
+                "no admin socket ({e}); the CLI must run while the server is stopped"
+            ),
+        }
+    }
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = stop.send(true);
-    if let Some(sweeper) = sweeper {
-        let _ = sweeper.await;
+    for task in tasks {
+        let _ = task.await;
     }
     served
 }
 
-async fn run_sweeper(
-    repo: Arc<Repository>,
+/// Runs `work` every `interval` (the first time after one interval) until `stopped`.
+async fn periodic<F, Fut>(
     interval: Duration,
-    grace: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+    work: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An interval's first tick is immediate; the work waits one interval.
+    ticks.tick().await;
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            _ = ticks.tick() => work().await,
             _ = stopped.changed() => return,
         }
-        match repo.sweep(grace).await {
-            Ok(report) if report.removed > 0 => {
+    }
+}
+
+async fn sweep_once(repo: &Repository, grace: Duration) {
+    match repo.sweep(grace).await {
+        Ok(report) => {
+            metrics::count("intellihealth_sweeps_total", &[("outcome", "done")]);
+            if report.removed > 0 {
                 tracing::info!(
                     removed = report.removed,
                     examined = report.examined,
                     "swept unreferenced blobs"
                 );
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("sweep failed: {e}"),
+        }
+        Err(e) => {
+            metrics::count("intellihealth_sweeps_total", &[("outcome", "failed")]);
+            tracing::warn!("sweep failed: {e}");
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct StorageArgs {
     /// Longest wait for one call to a backend, in milliseconds (then 503).
     #[arg(long, env = "INTELLIHEALTH_BACKEND_TIMEOUT_MS")]
     pub backend_timeout_ms: Option<u64>,
+    /// Bytes of sealed blobs kept in memory (blobs are immutable, so the cache is never
+    /// stale); 0 turns the cache off.
+    #[arg(long, env = "INTELLIHEALTH_BLOB_CACHE_BYTES")]
+    pub blob_cache_bytes: Option<usize>,
     /// External issuers whose access tokens are accepted (comma-separated issuer URLs),
     /// verified against the JWKS their OpenID discovery document names.
     #[arg(long, env = "INTELLIHEALTH_TRUSTED_ISSUERS", value_delimiter = ',')]
@@ -57,6 +61,10 @@ pub struct ServeArgs {
     /// How long a blob must stay unreferenced before a sweep removes it, in seconds.
     #[arg(long, env = "INTELLIHEALTH_SWEEP_GRACE_SECS")]
     pub sweep_grace_secs: Option<u64>,
+    /// An address for a separate listener serving `/metrics` without a token (keep it on a
+    /// private interface). Without it, `/metrics` on the FHIR listener needs the admin token.
+    #[arg(long, env = "INTELLIHEALTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -69,6 +77,7 @@ struct FileConfig {
     base_url: Option<String>,
     max_body_bytes: Option<usize>,
     backend_timeout_ms: Option<u64>,
+    blob_cache_bytes: Option<usize>,
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     mongodb_uri: Option<String>,
@@ -76,6 +85,7 @@ struct FileConfig {
     trusted_issuers: Option<Vec<String>>,
     sweep_interval_secs: Option<u64>,
     sweep_grace_secs: Option<u64>,
+    metrics_listen: Option<String>,
 }
 
 /// Where the master key comes from.
@@ -144,6 +154,8 @@ pub struct Config {
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
     pub backend_timeout: Duration,
+    /// Capacity of the in-memory cache of sealed blobs, in bytes (0: no cache).
+    pub blob_cache_bytes: usize,
     pub data_dir: PathBuf,
     pub master_key: MasterKeySource,
     pub backends: Backends,
@@ -151,6 +163,8 @@ pub struct Config {
     pub sweep_interval: Option<Duration>,
     pub sweep_grace: Duration,
     pub trusted_issuers: Vec<String>,
+    /// A separate, unauthenticated `/metrics` listener; `None`: only the admin-token one.
+    pub metrics_listen: Option<String>,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
     /// environment only); `None` turns registration off.
     pub admin_token: Option<AdminToken>,
@@ -169,6 +183,7 @@ impl std::fmt::Debug for AdminToken {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_BLOB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 3_600;
 /// Far longer than any write can take between its blob put and its index commit.
 pub const DEFAULT_SWEEP_GRACE_SECS: u64 = 900;
@@ -241,6 +256,11 @@ impl Config {
                     .or(file.backend_timeout_ms)
                     .unwrap_or(DEFAULT_BACKEND_TIMEOUT_MS),
             ),
+            blob_cache_bytes: args
+                .storage
+                .blob_cache_bytes
+                .or(file.blob_cache_bytes)
+                .unwrap_or(DEFAULT_BLOB_CACHE_BYTES),
             data_dir,
             master_key,
             backends: Backends {
@@ -279,6 +299,11 @@ impl Config {
             .map(|i| i.trim().trim_end_matches('/').to_owned())
             .filter(|i| !i.is_empty())
             .collect(),
+            metrics_listen: args
+                .metrics_listen
+                .clone()
+                .or(file.metrics_listen)
+                .filter(|a| !a.is_empty()),
             admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())

@@ -5,6 +5,7 @@
 //! `http` → `repository` → the domain rooms `fhir`, `search`, `vault` → the seams `index`
 //! (IndexStore) and `vault::blob` (BlobStore). `config` and `app` wire them; `main` is the CLI.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod cpu;
 pub mod fhir;
 pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod repository;
 pub mod search;
 pub mod vault;

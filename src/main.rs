@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use intellihealth::admin::{self, AdminRequest};
 use intellihealth::app;
+use intellihealth::auth::accounts::{Client, ClientAuth, User, hash_secret};
 use intellihealth::config::{Config, ServeArgs, StorageArgs};
 
 #[derive(Parser)]
@@ -13,8 +15,23 @@ use intellihealth::config::{Config, ServeArgs, StorageArgs};
     about = "A FHIR R4 server patients can audit"
 )]
 struct Cli {
+    /// How log lines are written to standard error: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "INTELLIHEALTH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,13 +74,14 @@ enum UsersCommand {
 #[derive(Subcommand)]
 enum ClientsCommand {
     /// Register (or replace) a client.
+    #[command(
+        after_help = "Also read from the environment:\n  INTELLIHEALTH_CLIENT_SECRET  the client's shared secret, instead of --secret-file (never a flag, so never in `ps`)"
+    )]
     Add {
         #[arg(long)]
         id: String,
-        /// A shared secret (client_secret_basic / client_secret_post).
-        #[arg(long, conflicts_with_all = ["secret_file", "jwks_file", "jwks_url", "public"])]
-        secret: Option<String>,
-        /// A file holding the shared secret (its first line).
+        /// A file holding the shared secret (client_secret_basic / client_secret_post), its
+        /// first line; or set INTELLIHEALTH_CLIENT_SECRET.
         #[arg(long, conflicts_with_all = ["jwks_file", "jwks_url", "public"])]
         secret_file: Option<std::path::PathBuf>,
         /// A JWKS file with the client's public keys (private_key_jwt, RS384/ES384).
@@ -110,13 +128,15 @@ struct SweepArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("intellihealth=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("intellihealth=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     app::log_panics_without_their_messages();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -175,19 +195,34 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn sweep(args: SweepArgs) -> Result<(), String> {
+    let request = AdminRequest::Sweep {
+        grace_secs: args.grace_secs,
+    };
+    if let Some(message) = ask_running_server(&args.storage, &request).await? {
+        println!("{message}");
+        return Ok(());
+    }
     let config = Config::for_storage(&args.storage)?;
     let repo = app::open_repository(&config)
         .await
         .map_err(|e| e.to_string())?;
-    let report = repo
-        .sweep(std::time::Duration::from_secs(args.grace_secs))
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "examined {} blobs: {} referenced, {} unreferenced and waiting out the grace period, {} removed",
-        report.examined, report.referenced, report.waiting, report.removed
-    );
+    println!("{}", admin::sweep(&repo, args.grace_secs).await?);
     Ok(())
+}
+
+/// Asks the server running on the storage's data directory to carry out `request`: its
+/// answer, or `None` when no server answers there (the command then opens the stores itself).
+async fn ask_running_server(
+    storage: &StorageArgs,
+    request: &AdminRequest,
+) -> Result<Option<String>, String> {
+    let config = Config::for_storage(storage)?;
+    match admin::send(&config.data_dir, request).await {
+        None => Ok(None),
+        Some(Ok(reply)) if reply.ok => Ok(Some(reply.message)),
+        Some(Ok(reply)) => Err(reply.message),
+        Some(Err(e)) => Err(format!("the running server did not answer: {e}")),
+    }
 }
 
 /// The first line of a secret file, without its line ending.
@@ -218,9 +253,19 @@ async fn users(command: UsersCommand) -> Result<(), String> {
         storage,
     } = command;
     let password = read_secret(&password_file)?;
+    let user = User::new(&username, hash_secret(&password), &fhir_user);
+    user.check().map_err(|e| e.to_string())?;
+    let request = AdminRequest::AddUser { user };
+    if let Some(message) = ask_running_server(&storage, &request).await? {
+        println!("{message}");
+        return Ok(());
+    }
+    let AdminRequest::AddUser { user } = request else {
+        unreachable!("built above")
+    };
     let auth = auth_for(&storage).await?;
     auth.accounts
-        .add_user(&username, &password, &fhir_user)
+        .save_user(&user)
         .await
         .map_err(|e| e.to_string())?;
     println!("user {username} ({fhir_user}) saved");
@@ -228,10 +273,8 @@ async fn users(command: UsersCommand) -> Result<(), String> {
 }
 
 async fn clients(command: ClientsCommand) -> Result<(), String> {
-    use intellihealth::auth::accounts::{Client, ClientAuth, hash_secret};
     let ClientsCommand::Add {
         id,
-        secret,
         secret_file,
         jwks_file,
         jwks_url,
@@ -241,9 +284,12 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
         name,
         storage,
     } = command;
-    let secret = match (secret, secret_file) {
-        (Some(secret), _) => Some(secret),
-        (None, Some(file)) => Some(read_secret(&file)?),
+    let from_environment = std::env::var("INTELLIHEALTH_CLIENT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let secret = match (secret_file, from_environment) {
+        (Some(file), _) => Some(read_secret(&file)?),
+        (None, Some(secret)) => Some(secret),
         (None, None) => None,
     };
     let auth = match (secret, jwks_file, jwks_url, public) {
@@ -266,7 +312,7 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
         (None, None, Some(url), _) => ClientAuth::JwksUrl { url },
         (None, None, None, true) => ClientAuth::None,
         (None, None, None, false) => {
-            return Err("say how the client authenticates: --secret, --secret-file, --jwks-file, --jwks-url or --public".into());
+            return Err("say how the client authenticates: --secret-file (or INTELLIHEALTH_CLIENT_SECRET), --jwks-file, --jwks-url or --public".into());
         }
     };
     let client = Client {
@@ -275,6 +321,14 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
         scope,
         redirect_uris,
         name,
+    };
+    let request = AdminRequest::AddClient { client };
+    if let Some(message) = ask_running_server(&storage, &request).await? {
+        println!("{message}");
+        return Ok(());
+    }
+    let AdminRequest::AddClient { client } = request else {
+        unreachable!("built above")
     };
     auth_for(&storage)
         .await?
@@ -288,6 +342,10 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
 
 async fn keys(command: KeysCommand) -> Result<(), String> {
     let KeysCommand::Rotate { storage } = command;
+    if let Some(message) = ask_running_server(&storage, &AdminRequest::RotateKeys).await? {
+        println!("{message}");
+        return Ok(());
+    }
     let kid = auth_for(&storage)
         .await?
         .tokens

@@ -318,6 +318,17 @@ async fn contract(store: Arc<dyn IndexStore>) {
         "a code is used once"
     );
     assert!(s.get_record("code", "once").await.unwrap().is_none());
+
+    // Expired records are deleted, not only hidden: a purge removes exactly those ("client
+    // gone" and "code stale"), and nothing is left for a second one.
+    s.put_record(rec("code", "stale", b"s", Some(2)))
+        .await
+        .unwrap();
+    let now = intellihealth::fhir::instant::now_millis();
+    assert_eq!(s.purge_expired(now).await.unwrap(), 2);
+    assert_eq!(s.purge_expired(now).await.unwrap(), 0);
+    assert!(s.get_record("client", "app").await.unwrap().is_some());
+    assert!(s.get_record("jti", "a").await.unwrap().is_some());
 }
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {

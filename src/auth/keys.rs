@@ -92,16 +92,23 @@ impl Keyring {
     async fn reload(&self) -> Result<(), AuthError> {
         let records = self.store.list_records(KIND).await?;
         let mut keys = Vec::new();
+        // A key that cannot be used is skipped, not fatal: the others still sign and verify, and
+        // if none is left, signing fails as the server's own fault (500), never as the
+        // client's (401).
         for record in records {
-            let stored: StoredKey = serde_json::from_slice(&record.value)
-                .map_err(|e| AuthError::InvalidToken(format!("unreadable signing key: {e}")))?;
+            let Ok(stored) = serde_json::from_slice::<StoredKey>(&record.value) else {
+                tracing::warn!(key = %record.key, "a stored signing key is unreadable; skipped");
+                continue;
+            };
             let wrapped = STANDARD.decode(&stored.wrapped_private).unwrap_or_default();
             let Some(der) = self.vault.unwrap_secret(&wrap_label(&stored.kid), &wrapped) else {
                 tracing::warn!(kid = %stored.kid, "a signing key cannot be unwrapped with this master key");
                 continue;
             };
-            let decoding = DecodingKey::from_ec_components(&stored.x, &stored.y)
-                .map_err(|e| AuthError::InvalidToken(format!("signing key {}: {e}", stored.kid)))?;
+            let Ok(decoding) = DecodingKey::from_ec_components(&stored.x, &stored.y) else {
+                tracing::warn!(kid = %stored.kid, "a signing key's public half is unreadable; skipped");
+                continue;
+            };
             keys.push(LoadedKey {
                 encoding: EncodingKey::from_ec_der(&der),
                 decoding,
@@ -135,10 +142,10 @@ impl Keyring {
         };
         let der = secret
             .to_pkcs8_der()
-            .map_err(|e| AuthError::InvalidToken(format!("key encoding: {e}")))?;
+            .map_err(|e| AuthError::Signing(format!("key encoding: {e}")))?;
         let point = secret.public_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(AuthError::InvalidToken(
+            return Err(AuthError::Signing(
                 "a P-256 point without coordinates".into(),
             ));
         };
@@ -200,7 +207,7 @@ impl Keyring {
             .find(|k| k.stored.retired_at.is_none())
             .or_else(|| loaded.keys.first())
             .map(|k| (k.stored.kid.clone(), k.encoding.clone()))
-            .ok_or_else(|| AuthError::InvalidToken("no signing key".into()))
+            .ok_or_else(|| AuthError::Signing("no usable signing key".into()))
     }
 
     /// The key that verifies tokens with `kid`, looking again once if it is not known (another
@@ -240,5 +247,60 @@ impl Keyring {
             })
             .collect();
         serde_json::json!({ "keys": keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scopes;
+    use crate::auth::external::External;
+    use crate::auth::tokens::{Grant, TokenService};
+    use crate::index::embedded::EmbeddedIndex;
+    use crate::vault::MasterKey;
+
+    fn grant() -> Grant {
+        Grant {
+            subject: "s".into(),
+            client_id: "c".into(),
+            scopes: Scopes::parse("system/*.rs"),
+            patient: None,
+            fhir_user: None,
+            family: None,
+        }
+    }
+
+    /// An unreadable key record is skipped, and a key that cannot sign is the server's own
+    /// failure (`Signing`, a 500), never the client's invalid token (a 401).
+    #[tokio::test]
+    async fn broken_keys_are_the_servers_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let vault = Arc::new(Vault::new(MasterKey::from_bytes([5; 32]), store.clone()));
+        let garbage = crate::index::Record {
+            kind: KIND.into(),
+            key: "garbage".into(),
+            value: b"{not json".to_vec(),
+            expires_at: None,
+        };
+        store.put_record(garbage).await.unwrap();
+        let keyring = Arc::new(Keyring::open(store.clone(), vault.clone()).await.unwrap());
+        let tokens = TokenService::new(keyring.clone(), store.clone(), External::new(Vec::new()));
+        let base = "http://fhir.example/fhir";
+        let (token, _) = tokens.issue_access(base, &grant()).await.unwrap();
+        assert!(tokens.verify(&token, base).await.is_ok());
+
+        // The newest key holds bytes that are no private key at all.
+        let good = keyring.loaded.read().await.keys[0].stored.clone();
+        let broken = StoredKey {
+            kid: "broken".into(),
+            wrapped_private: STANDARD.encode(vault.wrap_secret(&wrap_label("broken"), b"no")),
+            created_at: good.created_at + 1,
+            ..good
+        };
+        keyring.put(&broken).await.unwrap();
+        keyring.reload().await.unwrap();
+        let refused = tokens.issue_access(base, &grant()).await;
+        assert!(matches!(refused, Err(AuthError::Signing(_))), "{refused:?}");
     }
 }

@@ -69,6 +69,19 @@ impl Principal {
         }
     }
 
+    /// Whether any scope permits `permission` on some type: the 403 for an interaction that
+    /// spans every type (system history) when none does.
+    pub fn check_any(&self, permission: Permission) -> Result<(), AuthError> {
+        if self.scopes.permit_any(permission) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "the granted scopes allow no {}",
+                describe(permission)
+            )))
+        }
+    }
+
     /// Whether some scope permitting `permission` on `resource_type` reaches a version whose
     /// patient compartment is `patients` and whose content is `content` (needed only when a
     /// scope carries a query, as `patient/Observation.rs?category=laboratory` does).
@@ -114,7 +127,7 @@ impl Principal {
     /// `permission` on `resource_type`.
     pub fn confined_to(&self, permission: Permission, resource_type: Option<&str>) -> Option<&str> {
         let mut permitting = self.scopes.resources.iter().filter(|s| {
-            s.permissions.contains(letter(permission))
+            s.permissions.contains(permission.letter())
                 && resource_type.is_none_or(|t| s.resource_type.as_deref().is_none_or(|x| x == t))
         });
         let only_patient = permitting.all(|s| s.context == Context::Patient);
@@ -124,16 +137,6 @@ impl Principal {
         } else {
             None
         }
-    }
-}
-
-fn letter(permission: Permission) -> char {
-    match permission {
-        Permission::Create => 'c',
-        Permission::Read => 'r',
-        Permission::Update => 'u',
-        Permission::Delete => 'd',
-        Permission::Search => 's',
     }
 }
 
@@ -207,12 +210,26 @@ pub enum AuthError {
     },
     #[error("the authorization state is unavailable: {0}")]
     Store(#[from] IndexError),
+    /// The server's own signing keys cannot be used: the server's fault, never the client's.
+    #[error("the server's token signing keys are unusable: {0}")]
+    Signing(String),
     /// A trusted external issuer whose keys could not be fetched.
     #[error("{0}")]
     Unavailable(String),
 }
 
 impl AuthError {
+    /// The OAuth 2.0 error code this error is answered with at the authorization endpoints.
+    pub fn oauth_code(&self) -> &'static str {
+        match self {
+            AuthError::OAuth { error, .. } => error,
+            AuthError::MissingToken | AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::Forbidden(_) => "insufficient_scope",
+            AuthError::Store(_) | AuthError::Unavailable(_) => "temporarily_unavailable",
+            AuthError::Signing(_) => "server_error",
+        }
+    }
+
     pub fn oauth(error: &'static str, description: impl Into<String>) -> AuthError {
         AuthError::OAuth {
             error,

@@ -35,7 +35,8 @@ pub enum Permission {
 }
 
 impl Permission {
-    fn letter(self) -> char {
+    /// The v2 letter of this permission (`c r u d s`).
+    pub fn letter(self) -> char {
         match self {
             Permission::Create => 'c',
             Permission::Read => 'r',
@@ -84,6 +85,13 @@ impl Scopes {
             .filter_map(|s| parse_resource_scope(s))
             .collect();
         Scopes { granted, resources }
+    }
+
+    /// Whether some resource scope permits `permission` on any type at all.
+    pub fn permit_any(&self, permission: Permission) -> bool {
+        self.resources
+            .iter()
+            .any(|s| s.permissions.contains(permission.letter()))
     }
 
     pub fn contains(&self, scope: &str) -> bool {

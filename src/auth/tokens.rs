@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -29,8 +30,11 @@ pub const ACCESS_TOKEN_SECONDS: i64 = 3600;
 const ID_TOKEN_SECONDS: i64 = 3600;
 const LEEWAY_SECONDS: u64 = 5;
 const ACCESS_TOKEN_TYPE: &str = "at+jwt";
-const REVOKED_TOKEN: &str = "revoked-token";
 pub const REVOKED_FAMILY: &str = "revoked-family";
+/// Revocations of tokens and families, each kept as long as an access token it covers lives.
+const REVOCATION_LOG: &str = "revocation-log";
+/// How stale the in-memory revocations may be before they are reloaded.
+pub const REVOCATIONS_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// The claims of an access token this server issues.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -72,6 +76,19 @@ pub struct TokenService {
     /// more than the rest of a read, and a signature, once good, stays good until `exp`.
     /// Revocation is still looked up on every use.
     verified: RwLock<HashMap<[u8; 32], Arc<Verified>>>,
+    revocations: tokio::sync::RwLock<Revocations>,
+    /// One reload at a time; the others wait for it rather than query the store too.
+    reloading: tokio::sync::Mutex<()>,
+    fresh_for: Duration,
+}
+
+/// The recent revocations, as loaded from the log (plus this replica's own since), each with
+/// when it stops mattering (ms).
+#[derive(Default)]
+struct Revocations {
+    tokens: HashMap<String, i64>,
+    families: HashMap<String, i64>,
+    loaded_at: Option<Instant>,
 }
 
 /// What verifying a token established, kept for its later uses.
@@ -109,7 +126,16 @@ impl TokenService {
             store,
             external,
             verified: RwLock::new(HashMap::new()),
+            revocations: tokio::sync::RwLock::new(Revocations::default()),
+            reloading: tokio::sync::Mutex::new(()),
+            fresh_for: REVOCATIONS_FRESH_FOR,
         }
+    }
+
+    /// The same service reloading revocations after `fresh_for` (tests of several replicas).
+    pub fn with_revocations_fresh_for(mut self, fresh_for: Duration) -> TokenService {
+        self.fresh_for = fresh_for;
+        self
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -170,7 +196,7 @@ impl TokenService {
         header.kid = Some(kid);
         header.typ = Some(typ.to_owned());
         encode(&header, claims, &key)
-            .map_err(|e| AuthError::InvalidToken(format!("signing failed: {e}")))
+            .map_err(|e| AuthError::Signing(format!("signing failed: {e}")))
     }
 
     /// Verifies a bearer token presented at `base` and returns who it speaks for.
@@ -244,21 +270,70 @@ impl TokenService {
 
     /// Whether the token (by `jti`) or its authorization (by family) was revoked.
     async fn check_revocation(&self, jti: &str, family: Option<&str>) -> Result<(), AuthError> {
-        if self.store.get_record(REVOKED_TOKEN, jti).await?.is_some() {
+        self.reload_revocations_if_stale().await?;
+        let revoked = self.revocations.read().await;
+        if revoked.tokens.contains_key(jti) {
             return Err(AuthError::InvalidToken("the token was revoked".into()));
         }
-        if let Some(family) = family
-            && self
-                .store
-                .get_record(REVOKED_FAMILY, family)
-                .await?
-                .is_some()
-        {
+        if family.is_some_and(|f| revoked.families.contains_key(f)) {
             return Err(AuthError::InvalidToken(
                 "the authorization behind the token was revoked".into(),
             ));
         }
         Ok(())
+    }
+
+    async fn reload_revocations_if_stale(&self) -> Result<(), AuthError> {
+        let fresh = |r: &Revocations| r.loaded_at.is_some_and(|at| at.elapsed() < self.fresh_for);
+        if fresh(&*self.revocations.read().await) {
+            return Ok(());
+        }
+        let _reloading = self.reloading.lock().await;
+        if fresh(&*self.revocations.read().await) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let log = self.store.list_records(REVOCATION_LOG).await?;
+        let now = now_millis();
+        let mut revoked = self.revocations.write().await;
+        // Merged, never replaced: a revocation made here after the listing was read stays.
+        for record in log {
+            let until = record.expires_at.unwrap_or(i64::MAX);
+            if let Some(jti) = record.key.strip_prefix("token:") {
+                revoked.tokens.insert(jti.to_owned(), until);
+            } else if let Some(family) = record.key.strip_prefix("family:") {
+                revoked.families.insert(family.to_owned(), until);
+            }
+        }
+        revoked.tokens.retain(|_, until| *until > now);
+        revoked.families.retain(|_, until| *until > now);
+        revoked.loaded_at = Some(started);
+        Ok(())
+    }
+
+    /// Records a revocation in the log every replica reads, and here at once.
+    async fn log_revocation(&self, key: String, until: i64) -> Result<(), AuthError> {
+        self.store
+            .put_record(Record {
+                kind: REVOCATION_LOG.into(),
+                key: key.clone(),
+                value: Vec::new(),
+                expires_at: Some(until),
+            })
+            .await?;
+        let mut revoked = self.revocations.write().await;
+        if let Some(jti) = key.strip_prefix("token:") {
+            revoked.tokens.insert(jti.to_owned(), until);
+        } else if let Some(family) = key.strip_prefix("family:") {
+            revoked.families.insert(family.to_owned(), until);
+        }
+        Ok(())
+    }
+
+    /// Revokes every access token of a family (one authorization) still alive.
+    pub async fn revoke_family_tokens(&self, family: &str) -> Result<(), AuthError> {
+        let until = now_millis() + (ACCESS_TOKEN_SECONDS + LEEWAY_SECONDS as i64) * 1000;
+        self.log_revocation(format!("family:{family}"), until).await
     }
 
     /// Verifies one of this server's access tokens, revocation included.
@@ -303,15 +378,9 @@ impl TokenService {
 
     /// Revokes one access token until it would have expired anyway.
     pub async fn revoke_access(&self, claims: &AccessClaims) -> Result<(), AuthError> {
-        self.store
-            .put_record(Record {
-                kind: REVOKED_TOKEN.into(),
-                key: claims.jti.clone(),
-                value: Vec::new(),
-                expires_at: Some((claims.exp + LEEWAY_SECONDS as i64) * 1000),
-            })
-            .await?;
-        Ok(())
+        let until = (claims.exp + LEEWAY_SECONDS as i64) * 1000;
+        self.log_revocation(format!("token:{}", claims.jti), until)
+            .await
     }
 }
 
@@ -362,6 +431,32 @@ mod tests {
         let keyring = Keyring::open(store.clone(), vault).await.unwrap();
         let service = TokenService::new(Arc::new(keyring), store, External::new(Vec::new()));
         (dir, service)
+    }
+
+    /// A revocation made on one replica reaches another that shares its store once that one
+    /// reloads (after `REVOCATIONS_FRESH_FOR` in production; at once here).
+    #[tokio::test]
+    async fn a_revocation_on_one_replica_holds_on_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let replica = || async {
+            let vault = Arc::new(Vault::new(MasterKey::from_bytes([3; 32]), store.clone()));
+            let keyring = Keyring::open(store.clone(), vault).await.unwrap();
+            TokenService::new(Arc::new(keyring), store.clone(), External::new(Vec::new()))
+                .with_revocations_fresh_for(Duration::ZERO)
+        };
+        let (a, b) = (replica().await, replica().await);
+        let revoked = claims(|c| c.fam = Some("family-1".into()));
+        let token = a.sign(ACCESS_TOKEN_TYPE, &revoked).await.unwrap();
+        let sibling = claims(|c| c.fam = Some("family-1".into()));
+        let sibling = a.sign(ACCESS_TOKEN_TYPE, &sibling).await.unwrap();
+        assert!(b.verify(&token, BASE).await.is_ok());
+        assert!(b.verify(&sibling, BASE).await.is_ok());
+        a.revoke_access(&revoked).await.unwrap();
+        assert!(b.verify(&token, BASE).await.is_err(), "the token itself");
+        assert!(b.verify(&sibling, BASE).await.is_ok(), "its sibling lives");
+        a.revoke_family_tokens("family-1").await.unwrap();
+        assert!(b.verify(&sibling, BASE).await.is_err(), "the whole family");
     }
 
     fn claims(change: impl FnOnce(&mut AccessClaims)) -> AccessClaims {

@@ -3,6 +3,15 @@
 //! The size is checked twice: against `Content-Length` before reading anything, and while
 //! reading (a chunked body has no length). A stream that breaks off is the client's problem
 //! (400), never a 500.
+//!
+//! A refused body is drained before the 413 is sent (up to `DRAIN_BYTES`, within
+//! `DRAIN_TIME`), and the connection is closed after it. Many clients (Python's `urllib` and
+//! `requests` among them) write the whole body before they read a byte of the answer; a server
+//! that answers and closes while they are still writing gives them a broken pipe, and the 413
+//! never reaches them. A client that sent `Expect: 100-continue` is waiting for permission to
+//! send and gets the 413 at once, with nothing to drain.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequest, Request};
@@ -11,6 +20,11 @@ use http_body_util::BodyExt;
 
 use super::HttpState;
 use super::outcome::ApiError;
+
+/// Most bytes of a refused body read and discarded so the client can read the 413.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// Longest time spent draining a refused body.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// A request body that is FHIR JSON by its Content-Type and within the size limit.
 pub struct FhirBody(pub Vec<u8>);
@@ -30,7 +44,14 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let expects_continue = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if declared.is_some_and(|length| length > limit as u64) {
+            if !expects_continue {
+                drain(request.into_body()).await;
+            }
             return Err(ApiError::PayloadTooLarge(limit));
         }
         read_limited(request.into_body(), limit).await.map(FhirBody)
@@ -77,12 +98,30 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > limit {
+                drop(bytes);
+                drain(body).await;
                 return Err(ApiError::PayloadTooLarge(limit));
             }
             bytes.extend_from_slice(&data);
         }
     }
     Ok(bytes)
+}
+
+/// Reads and discards what is left of a refused body, within the drain bounds.
+async fn drain(mut body: Body) {
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DRAIN_BYTES {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::body::FhirBody;
+use super::conditions::{Interaction, refuse_unimplemented};
 use super::negotiate::{BaseUrl, Negotiated, Prefer, Return, parse_version_tag};
+use super::openapi::{BodyErrors, FhirErrors};
 use super::outcome::{ApiError, outcome_resource};
 use super::{FhirPath, HttpState};
 use crate::auth::Principal;
@@ -22,21 +24,16 @@ use crate::repository::{Precondition, ResourceVersion, Written};
     params(("type" = String, Path, description = "Resource type, e.g. Patient")),
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
     responses(
-        (status = 201, description = "Created; Location, ETag, Last-Modified", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 413, description = "Body over the limit (OperationOutcome)", body = serde_json::Value),
-        (status = 415, description = "Body not FHIR JSON (OperationOutcome)", body = serde_json::Value),
-        (status = 422, description = "Body type differs from the URL (OperationOutcome)", body = serde_json::Value),
-        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+        (status = 201, description = "Created; Location, ETag, Last-Modified", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors, BodyErrors))]
 pub async fn create(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath(resource_type): FhirPath<String>,
+    headers: HeaderMap,
     answer: WriteAnswer,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Create)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let written = state
         .repo
@@ -52,20 +49,17 @@ pub async fn create(
         (status = 200, description = "Updated", body = serde_json::Value, content_type = "application/fhir+json"),
         (status = 201, description = "Created (update-as-create)", body = serde_json::Value, content_type = "application/fhir+json"),
         (status = 409, description = "Lost a concurrent update (OperationOutcome)", body = serde_json::Value),
-        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
-        (status = 422, description = "Body type or id differs from the URL (OperationOutcome)", body = serde_json::Value),
-        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
 pub async fn update(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
-    IfMatch(precondition): IfMatch,
+    headers: HeaderMap,
     answer: WriteAnswer,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Update)?;
+    let precondition = if_match(&headers)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let written = state
         .repo
@@ -86,11 +80,7 @@ pub async fn update(
     responses(
         (status = 200, description = "The current version", body = serde_json::Value, content_type = "application/fhir+json"),
         (status = 304, description = "Not modified"),
-        (status = 410, description = "Deleted (OperationOutcome)", body = serde_json::Value),
-        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+        (status = 410, description = "Deleted (OperationOutcome)", body = serde_json::Value), FhirErrors))]
 pub async fn read(
     State(state): State<HttpState>,
     principal: Principal,
@@ -98,6 +88,7 @@ pub async fn read(
     headers: HeaderMap,
     negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Read)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let version = state.repo.read(&principal, resource_type, &id).await?;
     if not_modified(&headers, &version.record) {
@@ -112,17 +103,15 @@ pub async fn read(
     params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("vid" = String, Path, description = "Version id")),
     responses(
         (status = 200, description = "That version", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 410, description = "That version is a delete (OperationOutcome)", body = serde_json::Value),
-        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+        (status = 410, description = "That version is a delete (OperationOutcome)", body = serde_json::Value), FhirErrors))]
 pub async fn vread(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath((resource_type, id, version_id)): FhirPath<(String, String, String)>,
+    headers: HeaderMap,
     negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Vread)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let Ok(version_id) = version_id.parse::<u64>() else {
         return Err(ApiError::NotFound(format!(
@@ -142,17 +131,14 @@ pub async fn vread(
     params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id")),
     responses(
         (status = 204, description = "Deleted (or already deleted)"),
-        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
-        (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value), FhirErrors))]
 pub async fn delete(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Delete)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let deleted = state
         .repo
@@ -170,19 +156,6 @@ fn preview(text: &str) -> String {
 }
 
 /// `If-Match: W/"n"`: the version the client expects to replace.
-pub struct IfMatch(pub Precondition);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfMatch {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        if_match(&parts.headers).map(IfMatch)
-    }
-}
-
 fn if_match(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(Precondition::None),

@@ -3,11 +3,13 @@
 //! cursor (the last entry of the page), so paging stays stable while new versions arrive.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
+use super::conditions::{Interaction, refuse_unimplemented};
 use super::negotiate::{BaseUrl, Negotiated, query_pairs};
+use super::openapi::FhirErrors;
 use super::outcome::ApiError;
 use super::{FhirPath, HttpState};
 use crate::auth::Principal;
@@ -23,17 +25,16 @@ const CURSOR_PARAM: &str = "_cursor";
 
 #[utoipa::path(get, path = "/fhir/_history", tag = "history",
     params(("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
-    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors))]
 pub async fn system(
     State(state): State<HttpState>,
     principal: Principal,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::History)?;
     respond(
         &state,
         &principal,
@@ -48,18 +49,17 @@ pub async fn system(
 
 #[utoipa::path(get, path = "/fhir/{type}/_history", tag = "history",
     params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
-    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors))]
 pub async fn type_level(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath(resource_type): FhirPath<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::History)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let path = format!("{resource_type}/_history");
     let scope = HistoryScope::Type(resource_type.as_str().to_owned());
@@ -68,18 +68,17 @@ pub async fn type_level(
 
 #[utoipa::path(get, path = "/fhir/{type}/{id}/_history", tag = "history",
     params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
-    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), (status = 400, description = "Invalid request or resource (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 404, description = "Unknown type or id (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 406, description = "Only FHIR R4 JSON is served (OperationOutcome)", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 503, description = "A backend is unavailable (OperationOutcome, Retry-After)", body = serde_json::Value, content_type = "application/fhir+json")))]
+    responses((status = 200, description = "A history Bundle, newest first", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors))]
 pub async fn instance(
     State(state): State<HttpState>,
     principal: Principal,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     negotiated: Negotiated,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::History)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let path = format!("{resource_type}/{id}/_history");
     let scope = HistoryScope::Instance {

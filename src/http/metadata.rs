@@ -1,12 +1,15 @@
 //! What the server says about itself: the CapabilityStatement (`GET /fhir/metadata`, public)
-//! and `GET /health`, each component's status (200 when all answer, 503 otherwise).
+//! and `GET /health`, each component's status (200 when all answer, 503 otherwise). `/health`
+//! is public too, so it says only up or down per component; where each component is (hosts,
+//! the data directory) and why it is down is shown only to holders of the admin token.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::HttpState;
 use super::negotiate::{BaseUrl, Negotiated};
+use super::principal::bearer;
 use crate::fhir::capability::{ServerFacts, capability_statement};
 use crate::fhir::json::{Json, Object, object};
 
@@ -43,7 +46,8 @@ pub async fn capability(
 #[utoipa::path(get, path = "/health", tag = "server",
     responses((status = 200, description = "Every component answers", body = serde_json::Value), (status = 503, description = "A component is down", body = serde_json::Value)),
     security(()))]
-pub async fn health(State(state): State<HttpState>) -> Response {
+pub async fn health(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let details = state.auth.is_admin(bearer(&headers).as_deref());
     let reports = state.repo.health().await;
     let all_up = reports.iter().all(|(_, report)| report.is_ok());
     let components: Object = reports
@@ -53,7 +57,11 @@ pub async fn health(State(state): State<HttpState>) -> Response {
                 Ok(detail) => ("up", detail),
                 Err(error) => ("down", error),
             };
-            let report = object([("status", Json::str(status)), ("detail", Json::str(detail))]);
+            let report = if details {
+                object([("status", Json::str(status)), ("detail", Json::str(detail))])
+            } else {
+                object([("status", Json::str(status))])
+            };
             (name.to_owned(), report)
         })
         .collect();

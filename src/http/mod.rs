@@ -4,6 +4,7 @@
 //! Only `http` knows axum. It knows no backend: it holds the `Repository` and asks it.
 
 mod body;
+mod conditions;
 mod crud;
 mod history;
 mod metadata;
@@ -12,16 +13,16 @@ mod oauth;
 pub mod openapi;
 pub mod outcome;
 mod principal;
+pub mod telemetry;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::extract::FromRequestParts;
 use axum::http::HeaderName;
 use axum::http::Method;
 use axum::http::request::Parts;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
@@ -100,11 +101,12 @@ pub fn router(state: HttpState) -> Router {
             only(get(oauth::smart_config), "GET"),
         )
         .route("/health", only(get(metadata::health), "GET"))
+        .route("/metrics", only(get(telemetry::metrics_for_admin), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))
         .fallback(unknown_route)
         // Inside the logger, so a caught panic is logged as the 500 it becomes.
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(telemetry::log_request))
         .layer(cors())
         .with_state(state)
 }
@@ -164,26 +166,6 @@ async fn unknown_route(method: Method) -> ApiError {
     ApiError::NotFound(format!(
         "no FHIR interaction at this path for {method}: see GET /fhir/metadata"
     ))
-}
-
-/// One log line per request: method, route template, status and time. Never the URL's
-/// values (ids, search terms), never a body: those can be health data.
-async fn log_request(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if status.is_server_error() {
-        tracing::warn!(%method, %route, status = status.as_u16(), elapsed_ms, "request failed");
-    } else {
-        tracing::debug!(%method, %route, status = status.as_u16(), elapsed_ms, "request");
-    }
-    response
 }
 
 /// `Path` whose rejection is a FHIR OperationOutcome rather than plain text.

@@ -32,29 +32,19 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 
 /// An OAuth error as OAuth clients expect it.
 fn oauth_error(error: AuthError) -> Response {
-    let (status, code, description) = match &error {
-        AuthError::OAuth {
-            error,
-            description,
-            status,
-        } => (
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
-            *error,
-            description.clone(),
-        ),
-        AuthError::MissingToken | AuthError::InvalidToken(_) => {
-            (StatusCode::UNAUTHORIZED, "invalid_token", error.to_string())
+    let code = error.oauth_code();
+    let status = match &error {
+        AuthError::OAuth { status, .. } => {
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
         }
-        AuthError::Forbidden(_) => (
-            StatusCode::FORBIDDEN,
-            "insufficient_scope",
-            error.to_string(),
-        ),
-        AuthError::Store(_) | AuthError::Unavailable(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            error.to_string(),
-        ),
+        AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+        AuthError::Store(_) | AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let description = match &error {
+        AuthError::OAuth { description, .. } => description.clone(),
+        other => other.to_string(),
     };
     // A bearer-protected endpoint (registration) challenges for a bearer token; the others
     // refuse a client's credentials, which it sends with Basic (RFC 6749 §5.2).

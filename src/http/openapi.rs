@@ -11,7 +11,100 @@ use utoipa::OpenApi;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{crud, history, metadata, oauth};
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
+
+use super::{crud, history, metadata, oauth, telemetry};
+
+/// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
+#[derive(Serialize, ToSchema)]
+#[schema(as = OperationOutcome)]
+pub struct OperationOutcomeSchema {
+    /// Always `OperationOutcome`.
+    #[serde(rename = "resourceType")]
+    #[schema(example = "OperationOutcome")]
+    resource_type: String,
+    issue: Vec<IssueSchema>,
+}
+
+/// One `OperationOutcome.issue`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = OperationOutcomeIssue)]
+pub struct IssueSchema {
+    /// fatal, error, warning or information.
+    severity: String,
+    /// A FHIR IssueType code: invalid, structure, not-found, forbidden, transient, ...
+    code: String,
+    diagnostics: Option<String>,
+    expression: Option<Vec<String>>,
+}
+
+/// The errors every FHIR interaction can answer with, each an OperationOutcome: listed once
+/// here and named by each handler's `responses(...)`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum FhirErrors {
+    #[response(
+        status = 400,
+        description = "Invalid request, header or resource (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    BadRequest(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 401,
+        description = "No access token, or an invalid one (OperationOutcome, WWW-Authenticate)",
+        content_type = "application/fhir+json"
+    )]
+    Unauthorized(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 403,
+        description = "The granted scopes do not reach it (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    Forbidden(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 404,
+        description = "Unknown type or id (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    NotFound(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 406,
+        description = "Only FHIR R4 JSON is served (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    NotAcceptable(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 503,
+        description = "A backend is unavailable (OperationOutcome, Retry-After)",
+        content_type = "application/fhir+json"
+    )]
+    Unavailable(#[to_schema] OperationOutcomeSchema),
+}
+
+/// The errors of interactions that read a request body, beyond `FhirErrors`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    #[response(
+        status = 413,
+        description = "Body over the limit (OperationOutcome; the connection is closed)",
+        content_type = "application/fhir+json"
+    )]
+    TooLarge(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 415,
+        description = "Body not FHIR JSON (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    UnsupportedMediaType(#[to_schema] OperationOutcomeSchema),
+    #[response(
+        status = 422,
+        description = "Body type or id differs from the URL (OperationOutcome)",
+        content_type = "application/fhir+json"
+    )]
+    Unprocessable(#[to_schema] OperationOutcomeSchema),
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +116,7 @@ use super::{crud, history, metadata, oauth};
     paths(
         metadata::capability,
         metadata::health,
+        telemetry::metrics_for_admin,
         crud::create,
         crud::read,
         crud::update,

@@ -4,6 +4,7 @@
 //! |-----------------------------------------|--------|----------------|
 //! | body not JSON / not a valid resource    | 400    | structure, value, required, ... |
 //! | bad id, header or query parameter       | 400    | value / invalid |
+//! | a header or feature not implemented     | 400    | not-supported  |
 //! | broken or truncated request stream      | 400    | structure      |
 //! | unknown resource type, id, version, route | 404  | not-supported / not-found |
 //! | method not allowed on the route         | 405    | not-supported  |
@@ -16,6 +17,7 @@
 //! | body's resourceType/id differ from URL  | 422    | business-rule  |
 //! | stored data failed an integrity check   | 500    | exception      |
 //! | a handler panicked (a bug)              | 500    | exception      |
+//! | the server's own signing keys unusable  | 500    | exception      |
 //! | no bearer token, or an invalid one      | 401    | login (+ WWW-Authenticate) |
 //! | scopes do not reach the interaction/resource | 403 | forbidden     |
 //! | a backend unavailable or too slow       | 503    | transient (+ Retry-After) |
@@ -46,6 +48,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allow: String },
     #[error("{0}")]
     NotAcceptable(String),
+    /// A header, parameter or feature this server does not implement: refused, never ignored.
+    #[error("{0}")]
+    NotSupported(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the request body exceeds the limit of {0} bytes")]
@@ -72,6 +77,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, one(IssueCode::NotSupported))
             }
+            ApiError::NotSupported(_) => (StatusCode::BAD_REQUEST, one(IssueCode::NotSupported)),
             ApiError::NotAcceptable(_) => {
                 (StatusCode::NOT_ACCEPTABLE, one(IssueCode::NotSupported))
             }
@@ -93,6 +99,9 @@ impl ApiError {
                 }
                 AuthError::Store(_) | AuthError::Unavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient))
+                }
+                AuthError::Signing(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception))
                 }
             },
         }
@@ -169,6 +178,11 @@ impl IntoResponse for ApiError {
                 if let Ok(value) = HeaderValue::from_str(allow) {
                     headers.insert(header::ALLOW, value);
                 }
+            }
+            // The body may not have been read to its end: nothing more can follow on this
+            // connection.
+            ApiError::PayloadTooLarge(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Repo(RepoError::Gone(record)) => {
                 if let Ok(value) = HeaderValue::from_str(&format!("W/\"{}\"", record.version)) {

@@ -1,7 +1,8 @@
 //! Every IndexStore call under one timeout: a decorator `app` wraps around whichever store
 //! the profile uses, so no caller (repository, vault, authorization server) can wait on a hung
 //! index longer than the configured backend timeout. A call past it fails with
-//! `IndexError::Timeout`, which becomes a 503 naming the index.
+//! `IndexError::Timeout`, which becomes a 503 naming the index. Being the one place every
+//! call passes, it is also where call durations and failures are reported to `metrics`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Commit, HistoryQuery, IndexError, IndexStore, Record, VersionRecord};
+use crate::metrics;
+
+const COMPONENT: &str = "index";
+
+/// How a failed call is counted; a conflict is an answer, not a failure of the store.
+fn failure_kind(error: &IndexError) -> Option<&'static str> {
+    match error {
+        IndexError::Conflict { .. } => None,
+        IndexError::Unavailable(_) => Some("unavailable"),
+        IndexError::Timeout(_) => Some("timeout"),
+        IndexError::Corrupt(_) => Some("corrupt"),
+    }
+}
 
 pub struct Bounded {
     inner: Arc<dyn IndexStore>,
@@ -21,20 +35,39 @@ impl Bounded {
         Bounded { inner, timeout }
     }
 
+    /// Runs one call under the timeout, and reports its duration and failure to `metrics`.
     async fn run<T>(
         &self,
+        operation: &'static str,
         call: impl Future<Output = Result<T, IndexError>>,
     ) -> Result<T, IndexError> {
-        tokio::time::timeout(self.timeout, call)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or(Err(IndexError::Timeout(self.timeout)))
+            .unwrap_or(Err(IndexError::Timeout(self.timeout)));
+        let labels = [("component", COMPONENT), ("operation", operation)];
+        metrics::observe(
+            "intellihealth_backend_call_duration_seconds",
+            &labels,
+            started.elapsed().as_secs_f64(),
+        );
+        if let Err(e) = &result
+            && let Some(kind) = failure_kind(e)
+        {
+            let [component, operation] = labels;
+            metrics::count(
+                "intellihealth_backend_errors_total",
+                &[component, operation, ("kind", kind)],
+            );
+        }
+        result
     }
 }
 
 #[async_trait]
 impl IndexStore for Bounded {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
-        self.run(self.inner.commit(commit)).await
+        self.run("commit", self.inner.commit(commit)).await
     }
 
     async fn current(
@@ -42,7 +75,8 @@ impl IndexStore for Bounded {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<VersionRecord>, IndexError> {
-        self.run(self.inner.current(resource_type, id)).await
+        self.run("current", self.inner.current(resource_type, id))
+            .await
     }
 
     async fn version(
@@ -51,55 +85,70 @@ impl IndexStore for Bounded {
         id: &str,
         version: u64,
     ) -> Result<Option<VersionRecord>, IndexError> {
-        self.run(self.inner.version(resource_type, id, version))
+        self.run("version", self.inner.version(resource_type, id, version))
             .await
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<VersionRecord>, IndexError> {
-        self.run(self.inner.history(query)).await
+        self.run("history", self.inner.history(query)).await
     }
 
     async fn data_key(&self, owner: &str) -> Result<Option<Vec<u8>>, IndexError> {
-        self.run(self.inner.data_key(owner)).await
+        self.run("data_key", self.inner.data_key(owner)).await
     }
 
     async fn insert_data_key(&self, owner: &str, wrapped: Vec<u8>) -> Result<Vec<u8>, IndexError> {
-        self.run(self.inner.insert_data_key(owner, wrapped)).await
+        self.run(
+            "insert_data_key",
+            self.inner.insert_data_key(owner, wrapped),
+        )
+        .await
     }
 
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {
-        self.run(self.inner.references(cid)).await
+        self.run("references", self.inner.references(cid)).await
     }
 
     async fn note_unreferenced(&self, cid: &str, now: i64) -> Result<i64, IndexError> {
-        self.run(self.inner.note_unreferenced(cid, now)).await
+        self.run("note_unreferenced", self.inner.note_unreferenced(cid, now))
+            .await
     }
 
     async fn forget_unreferenced(&self, cid: &str) -> Result<(), IndexError> {
-        self.run(self.inner.forget_unreferenced(cid)).await
+        self.run("forget_unreferenced", self.inner.forget_unreferenced(cid))
+            .await
     }
 
     async fn health(&self) -> Result<String, IndexError> {
-        self.run(self.inner.health()).await
+        self.run("health", self.inner.health()).await
     }
 
     async fn put_record(&self, record: Record) -> Result<(), IndexError> {
-        self.run(self.inner.put_record(record)).await
+        self.run("put_record", self.inner.put_record(record)).await
     }
 
     async fn insert_record(&self, record: Record) -> Result<bool, IndexError> {
-        self.run(self.inner.insert_record(record)).await
+        self.run("insert_record", self.inner.insert_record(record))
+            .await
     }
 
     async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
-        self.run(self.inner.get_record(kind, key)).await
+        self.run("get_record", self.inner.get_record(kind, key))
+            .await
     }
 
     async fn take_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
-        self.run(self.inner.take_record(kind, key)).await
+        self.run("take_record", self.inner.take_record(kind, key))
+            .await
     }
 
     async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
-        self.run(self.inner.list_records(kind)).await
+        self.run("list_records", self.inner.list_records(kind))
+            .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<usize, IndexError> {
+        self.run("purge_expired", self.inner.purge_expired(now))
+            .await
     }
 }

@@ -209,6 +209,10 @@ pub trait IndexStore: Send + Sync {
 
     /// Every live record of a kind.
     async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError>;
+
+    /// Deletes every record whose `expires_at` is at or before `now` (ms); returns how many.
+    /// Expired records already read as absent; this is what keeps them from piling up.
+    async fn purge_expired(&self, now: i64) -> Result<usize, IndexError>;
 }
 
 /// One record of the authorization server's state.

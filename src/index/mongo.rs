@@ -86,6 +86,10 @@ struct RecordDoc {
     key: String,
     value: bson::Binary,
     expires_at: Option<i64>,
+    /// `expires_at` as a BSON date, for MongoDB's TTL index (which reads only dates): real
+    /// MongoDB deletes expired records itself; the purge deletes them on servers without TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<bson::DateTime>,
 }
 
 impl RecordDoc {
@@ -99,6 +103,7 @@ impl RecordDoc {
                 bytes: record.value,
             },
             expires_at: record.expires_at,
+            expires: record.expires_at.map(bson::DateTime::from_millis),
         }
     }
 
@@ -280,6 +285,18 @@ impl MongoIndex {
             )
             .await
             .map_err(unavailable)?;
+        // A TTL index where the server has them; the purge covers servers that do not.
+        let ttl = IndexModel::builder()
+            .keys(doc! {"expires": 1})
+            .options(
+                IndexOptions::builder()
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            )
+            .build();
+        if let Err(e) = self.records.create_index(ttl).await {
+            tracing::debug!("no TTL index on records ({e}); expired records are purged instead");
+        }
         Ok(())
     }
 
@@ -424,10 +441,16 @@ impl IndexStore for MongoIndex {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<VersionRecord>, IndexError> {
-        match self.current_version(resource_type, id).await? {
-            Some(version) => self.version(resource_type, id, version).await,
-            None => Ok(None),
-        }
+        // One round trip: the newest version document, by the unique (type, id, version)
+        // index. A commit writes it in the same transaction as its `current` swap, so the
+        // newest committed version is the current one.
+        let found = self
+            .versions
+            .find_one(doc! {"type": resource_type, "id": id})
+            .sort(doc! {"type": 1, "id": 1, "version": -1})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(VersionDoc::into_record))
     }
 
     async fn version(
@@ -589,6 +612,15 @@ impl IndexStore for MongoIndex {
             .map_err(unavailable)?;
         let docs: Vec<RecordDoc> = cursor.try_collect().await.map_err(unavailable)?;
         Ok(docs.into_iter().filter_map(|d| live(Some(d))).collect())
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<usize, IndexError> {
+        let deleted = self
+            .records
+            .delete_many(doc! {"expires_at": {"$ne": Bson::Null, "$lte": now}})
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted.deleted_count as usize)
     }
 
     async fn health(&self) -> Result<String, IndexError> {

@@ -51,6 +51,14 @@ impl RepoError {
         ))
     }
 
+    /// The 403 for a stored version beyond the principal's reach.
+    pub fn forbidden_record(record: &VersionRecord) -> RepoError {
+        RepoError::Forbidden(format!(
+            "the granted scopes do not reach {}/{}",
+            record.resource_type, record.id
+        ))
+    }
+
     pub fn not_found(resource_type: ResourceType, id: &str, version: Option<u64>) -> RepoError {
         RepoError::NotFound {
             resource_type: resource_type.as_str(),

@@ -14,6 +14,7 @@
 //!
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
+mod authorize;
 mod error;
 mod read;
 pub mod sweep;
@@ -128,6 +129,7 @@ impl From<AuthError> for RepoError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Store(index) => RepoError::from(index),
+            signing @ AuthError::Signing(_) => RepoError::Integrity(signing.to_string()),
             other => RepoError::Forbidden(other.to_string()),
         }
     }

@@ -5,6 +5,7 @@
 //! patient in the index itself, then filtered entry by entry, so nothing outside the grant is
 //! ever counted or returned.
 
+use super::authorize::{Decision, Target};
 use super::{RepoError, Repository, ResourceVersion};
 use crate::auth::{Permission, Principal};
 use crate::fhir::resource::{self, ResourceType};
@@ -18,7 +19,8 @@ impl Repository {
         resource_type: ResourceType,
         id: &str,
     ) -> Result<ResourceVersion, RepoError> {
-        principal.check(Permission::Read, resource_type.as_str())?;
+        self.require_interaction(principal, Permission::Read, Some(resource_type))
+            .await?;
         resource::check_id(id)?;
         let record = self
             .index
@@ -36,7 +38,8 @@ impl Repository {
         id: &str,
         version: u64,
     ) -> Result<ResourceVersion, RepoError> {
-        principal.check(Permission::Read, resource_type.as_str())?;
+        self.require_interaction(principal, Permission::Read, Some(resource_type))
+            .await?;
         resource::check_id(id)?;
         let record = self
             .index
@@ -56,40 +59,31 @@ impl Repository {
         match self.visible(principal, permission, record).await? {
             Visible::Yes(version) => Ok(version),
             Visible::Deleted(record) => Err(RepoError::Gone(Box::new(record))),
-            Visible::No(record) => Err(RepoError::Forbidden(format!(
-                "the granted scopes do not reach {}/{}",
-                record.resource_type, record.id
-            ))),
+            Visible::No(record) => Err(RepoError::forbidden_record(&record)),
         }
     }
 
-    /// Decides whether `principal` may see `record`, opening its content only when needed.
+    /// What `principal` may see of `record`, its content opened once at most.
     async fn visible(
         &self,
         principal: &Principal,
         permission: Permission,
         record: VersionRecord,
     ) -> Result<Visible, RepoError> {
-        let rt = record.resource_type.clone();
-        let needs_content = principal.needs_content(permission, &rt);
-        if !needs_content || record.deleted() {
-            if !principal.reaches(permission, &rt, &record.patients, None) {
-                return Ok(Visible::No(record));
-            }
-            if record.deleted() {
-                return Ok(Visible::Deleted(record));
-            }
-            return self.load(record).await.map(Visible::Yes);
-        }
-        let version = self.load(record).await?;
-        let parsed = version
-            .content
-            .as_deref()
-            .and_then(|c| crate::fhir::json::parse(c).ok());
-        if principal.reaches(permission, &rt, &version.record.patients, parsed.as_ref()) {
-            Ok(Visible::Yes(version))
-        } else {
-            Ok(Visible::No(version.record))
+        let target = Target::Stored {
+            record: &record,
+            replacement: None,
+        };
+        match self.authorize(principal, permission, target).await? {
+            Decision::Denied => Ok(Visible::No(record)),
+            Decision::Allowed { .. } if record.deleted() => Ok(Visible::Deleted(record)),
+            Decision::Allowed {
+                opened: Some(content),
+            } => Ok(Visible::Yes(ResourceVersion {
+                record,
+                content: Some(content),
+            })),
+            Decision::Allowed { opened: None } => self.load(record).await.map(Visible::Yes),
         }
     }
 
@@ -102,27 +96,19 @@ impl Repository {
     ) -> Result<Vec<ResourceVersion>, RepoError> {
         let (permission, resource_type) = match &query.scope {
             HistoryScope::Instance { resource_type, .. } => {
-                (Permission::Read, Some(resource_type.as_str()))
+                (Permission::Read, Some(ResourceType::parse(resource_type)?))
             }
-            HistoryScope::Type(resource_type) => (Permission::Search, Some(resource_type.as_str())),
+            HistoryScope::Type(resource_type) => (
+                Permission::Search,
+                Some(ResourceType::parse(resource_type)?),
+            ),
             HistoryScope::System => (Permission::Search, None),
         };
-        match resource_type {
-            Some(rt) => principal.check(permission, rt)?,
-            None if principal
-                .scopes
-                .resources
-                .iter()
-                .any(|s| s.permissions.contains('s')) => {}
-            None => {
-                return Err(RepoError::Forbidden(
-                    "the granted scopes allow no search or history".into(),
-                ));
-            }
-        }
+        self.require_interaction(principal, permission, resource_type)
+            .await?;
         let mut query = query.clone();
         query.patient = principal
-            .confined_to(permission, resource_type)
+            .confined_to(permission, resource_type.map(ResourceType::as_str))
             .map(str::to_owned);
         let wanted = query.limit;
         let mut page = Vec::with_capacity(wanted);
@@ -171,10 +157,10 @@ impl Repository {
         let current = self.index.current(resource_type.as_str(), id).await?;
         match current {
             None => Err(RepoError::not_found(resource_type, id, None)),
-            Some(record) => match self.visible(principal, Permission::Read, record).await? {
-                Visible::Yes(_) | Visible::Deleted(_) => Ok(()),
-                Visible::No(_) => Err(RepoError::forbidden(resource_type, id)),
-            },
+            Some(record) => self
+                .require(principal, Permission::Read, &record, None)
+                .await
+                .map(|_| ()),
         }
     }
 }

@@ -6,11 +6,15 @@
 //! keeps the sweeper off blobs whose commit is still on its way; the first sighting of each
 //! is kept in the index, so the period holds across sweeps, restarts and replicas. A blob is
 //! re-checked just before removal, and a referenced blob is never touched.
+//!
+//! Also here: the purge of expired authorization records (codes, refresh tokens, launch
+//! contexts, replay caches), which read as absent once expired but would otherwise stay.
 
 use std::time::Duration;
 
 use super::{RepoError, Repository};
 use crate::fhir::instant::now_millis;
+use crate::metrics;
 
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +56,18 @@ impl Repository {
             }
             self.index.forget_unreferenced(&cid).await?;
         }
+        metrics::count_by(
+            "intellihealth_sweep_blobs_removed_total",
+            &[],
+            report.removed as f64,
+        );
         Ok(report)
+    }
+
+    /// Deletes the expired authorization records; returns how many.
+    pub async fn purge_expired_records(&self) -> Result<usize, RepoError> {
+        let purged = self.index.purge_expired(now_millis()).await?;
+        metrics::count_by("intellihealth_records_purged_total", &[], purged as f64);
+        Ok(purged)
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::authorize::{Decision, Target};
 use super::{Precondition, RepoError, Repository, ResourceVersion, Written, prepare};
 use crate::auth::{Permission, Principal};
 use crate::fhir::instant::now_millis;
@@ -27,7 +28,8 @@ impl Repository {
         body: Vec<u8>,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        principal.check(Permission::Create, resource_type.as_str())?;
+        self.require_interaction(principal, Permission::Create, Some(resource_type))
+            .await?;
         let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let id = resource::new_id();
@@ -65,7 +67,8 @@ impl Repository {
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        principal.check(Permission::Update, resource_type.as_str())?;
+        self.require_interaction(principal, Permission::Update, Some(resource_type))
+            .await?;
         resource::check_id(id)?;
         let (mut resource, warnings) =
             prepare(body, resource_type, Some(id.to_owned()), handling).await?;
@@ -83,34 +86,14 @@ impl Repository {
             let created = current.as_ref().is_none_or(VersionRecord::deleted);
             // Update-as-create creates: it needs `c` as well as `u`.
             if created {
-                principal.check(Permission::Create, resource_type.as_str())?;
+                self.require_interaction(principal, Permission::Create, Some(resource_type))
+                    .await?;
             }
-            // The version replaced must be within reach too (a delete keeps its compartment),
-            // judged on its own content when a scope has a query.
+            // The version replaced must be within reach too (a delete keeps its compartment,
+            // and is judged by the content replacing it).
             if let Some(existing) = &current {
-                let content = if principal.needs_content(Permission::Update, resource_type.as_str())
-                    && !existing.deleted()
-                {
-                    self.load(existing.clone()).await?.content
-                } else {
-                    None
-                };
-                let parsed = content
-                    .as_deref()
-                    .and_then(|c| crate::fhir::json::parse(c).ok());
-                let content = if existing.deleted() {
-                    Some(&resource)
-                } else {
-                    parsed.as_ref()
-                };
-                if !principal.reaches(
-                    Permission::Update,
-                    resource_type.as_str(),
-                    &existing.patients,
-                    content,
-                ) {
-                    return Err(RepoError::forbidden(resource_type, id));
-                }
+                self.require(principal, Permission::Update, existing, Some(&resource))
+                    .await?;
             }
             let write = Write {
                 principal,
@@ -170,12 +153,12 @@ impl Repository {
         let last_updated = current.map_or(now_millis(), |r| now_millis().max(r.last_updated + 1));
         resource::stamp(resource, id, version, last_updated);
         let compartment = patient_compartment(resource_type.as_str(), id, resource);
-        if !principal.reaches(
-            permission,
-            resource_type.as_str(),
-            &compartment.patients,
-            Some(resource),
-        ) {
+        let proposed = Target::Proposed {
+            resource_type,
+            patients: &compartment.patients,
+            content: resource,
+        };
+        if let Decision::Denied = self.authorize(principal, permission, proposed).await? {
             return Err(RepoError::forbidden(resource_type, id));
         }
         let key_owner = compartment.key_owner();
@@ -217,7 +200,8 @@ impl Repository {
         id: &str,
         precondition: Precondition,
     ) -> Result<Option<VersionRecord>, RepoError> {
-        principal.check(Permission::Delete, resource_type.as_str())?;
+        self.require_interaction(principal, Permission::Delete, Some(resource_type))
+            .await?;
         resource::check_id(id)?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self
@@ -225,25 +209,8 @@ impl Repository {
                 .current(resource_type.as_str(), id)
                 .await?
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
-            // A query-restricted scope needs the content to decide; open it only then.
-            let content = if principal.needs_content(Permission::Delete, resource_type.as_str())
-                && !current.deleted()
-            {
-                self.load(current.clone()).await?.content
-            } else {
-                None
-            };
-            let parsed = content
-                .as_deref()
-                .and_then(|c| crate::fhir::json::parse(c).ok());
-            if !principal.reaches(
-                Permission::Delete,
-                resource_type.as_str(),
-                &current.patients,
-                parsed.as_ref(),
-            ) {
-                return Err(RepoError::forbidden(resource_type, id));
-            }
+            self.require(principal, Permission::Delete, &current, None)
+                .await?;
             if let Precondition::Version(expected) = precondition
                 && current.version != expected
             {

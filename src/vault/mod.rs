@@ -13,6 +13,7 @@
 
 pub mod blob;
 pub mod bounded;
+pub mod cached;
 pub mod cid;
 pub mod ipfs;
 pub mod local;

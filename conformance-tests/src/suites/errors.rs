@@ -44,6 +44,50 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
         invalid_id.summary(),
     );
 
+    // A conditional create is either honoured (the second create finds the first) or refused:
+    // never silently ignored, which would make a duplicate.
+    let marker = random_id();
+    let mut conditional = patient("Conditional");
+    conditional["identifier"] = json!([{"system": "urn:conformance", "value": marker}]);
+    let criteria = format!("identifier=urn:conformance|{marker}");
+    let first = c
+        .post_json("Patient", &conditional)
+        .header("if-none-exist", &criteria)
+        .send()
+        .await;
+    let second = c
+        .post_json("Patient", &conditional)
+        .header("if-none-exist", &criteria)
+        .send()
+        .await;
+    let first_id = first
+        .json()
+        .and_then(|b| b["id"].as_str().map(str::to_owned));
+    let second_id = second
+        .json()
+        .and_then(|b| b["id"].as_str().map(str::to_owned));
+    let refused =
+        first.status.as_u16() >= 400 && first.is_outcome() && second.status.as_u16() >= 400;
+    let honoured = first.status == 201 && second.status == 200 && first_id == second_id;
+    report.check(
+        SUITE,
+        "If-None-Exist is honoured or refused, never ignored",
+        refused || honoured,
+        format!("{} then {}", first.summary(), second.summary()),
+    );
+    let unconditional_update = c
+        .put_json(&format!("Patient/{id}"), &body)
+        .header("if-unmodified-since", "Tue, 01 Dec 2026 00:00:00 GMT")
+        .send()
+        .await;
+    report.check(
+        SUITE,
+        "an unsupported conditional header is refused or honoured, never ignored",
+        (unconditional_update.status.as_u16() >= 400 && unconditional_update.is_outcome())
+            || unconditional_update.status == 412,
+        unconditional_update.summary(),
+    );
+
     let post_instance = c.post_json(&format!("Patient/{id}"), &body).send().await;
     report.check(
         SUITE,

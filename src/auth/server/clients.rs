@@ -46,11 +46,17 @@ impl AuthServer {
     }
 
     async fn client_with_secret(&self, client_id: &str, secret: &str) -> Result<Client, AuthError> {
-        match self.accounts.client(client_id).await? {
-            Some(client) if matches!(&client.auth, ClientAuth::Secret { hash } if verify_secret(hash, secret)) => {
-                Ok(client)
-            }
-            _ => Err(AuthError::invalid_client("unknown client or wrong secret")),
+        let client = self.accounts.client(client_id).await?;
+        // An unknown client, or one without a secret, is checked against the decoy: the same
+        // argon2 work, so the time of the answer does not tell which clients exist.
+        let hash = match client.as_ref().map(|c| &c.auth) {
+            Some(ClientAuth::Secret { hash }) => Some(hash.as_str()),
+            _ => None,
+        };
+        if check_secret(hash, secret).await {
+            client.ok_or_else(|| AuthError::invalid_client("unknown client or wrong secret"))
+        } else {
+            Err(AuthError::invalid_client("unknown client or wrong secret"))
         }
     }
 
@@ -210,13 +216,7 @@ impl AuthServer {
         bearer: Option<&str>,
         metadata: &serde_json::Value,
     ) -> Result<serde_json::Value, AuthError> {
-        let allowed = match (&self.admin_token, bearer) {
-            (Some(expected), Some(given)) => {
-                constant_time_eq(expected.as_bytes(), given.as_bytes())
-            }
-            _ => false,
-        };
-        if !allowed {
+        if !self.is_admin(bearer) {
             return Err(AuthError::OAuth {
                 error: "invalid_token",
                 description: "registration needs the admin token".into(),
@@ -246,7 +246,7 @@ impl AuthServer {
             "none" => ClientAuth::None,
             "client_secret_basic" | "client_secret_post" => {
                 let value = random_token(32);
-                let hash = hash_secret(&value);
+                let hash = hash_secret_off_runtime(&value).await;
                 secret = Some(value);
                 ClientAuth::Secret { hash }
             }

@@ -12,6 +12,37 @@ impl AuthServer {
         form: &HashMap<String, String>,
         basic: Option<(String, String)>,
     ) -> Result<serde_json::Value, AuthError> {
+        // Only the grant types this server knows name a metric series; anything else is one.
+        let grant_type = form
+            .get("grant_type")
+            .map(String::as_str)
+            .filter(|g| {
+                matches!(
+                    *g,
+                    "authorization_code" | "refresh_token" | "client_credentials"
+                )
+            })
+            .unwrap_or("other");
+        let answered = self.grant(base, form, basic).await;
+        match &answered {
+            Ok(_) => metrics::count(
+                "intellihealth_tokens_issued_total",
+                &[("grant_type", grant_type)],
+            ),
+            Err(e) => metrics::count(
+                "intellihealth_token_requests_refused_total",
+                &[("grant_type", grant_type), ("error", e.oauth_code())],
+            ),
+        }
+        answered
+    }
+
+    async fn grant(
+        &self,
+        base: &str,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+    ) -> Result<serde_json::Value, AuthError> {
         let client = self.authenticate_client(base, form, basic).await?;
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => self.exchange_code(base, &client, form).await,
@@ -261,6 +292,8 @@ impl AuthServer {
         Ok(body)
     }
 
+    /// Revokes one authorization: its refresh tokens (for as long as one could live) and the
+    /// access tokens issued under it.
     pub(super) async fn revoke_family(&self, family: &str) -> Result<(), AuthError> {
         self.store
             .put_record(Record {
@@ -270,6 +303,6 @@ impl AuthServer {
                 expires_at: Some(now_millis() + REFRESH_MS),
             })
             .await?;
-        Ok(())
+        self.tokens.revoke_family_tokens(family).await
     }
 }

@@ -34,11 +34,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::accounts::{Accounts, Client, ClientAuth, hash_secret, verify_secret};
+use super::accounts::{Accounts, Client, ClientAuth, check_secret, hash_secret_off_runtime};
 use super::tokens::{Grant, REVOKED_FAMILY, TokenService, random_token};
 use super::{AuthError, Principal, Scopes, records};
 use crate::fhir::instant::now_millis;
 use crate::index::{IndexStore, Record};
+use crate::metrics;
 
 const SESSION: &str = "auth-session";
 const CODE: &str = "auth-code";
@@ -205,6 +206,16 @@ impl AuthServer {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Whether `bearer` is the admin token (compared in constant time); never with none set.
+    pub fn is_admin(&self, bearer: Option<&str>) -> bool {
+        match (&self.admin_token, bearer) {
+            (Some(expected), Some(given)) => {
+                constant_time_eq(expected.as_bytes(), given.as_bytes())
+            }
+            _ => false,
         }
     }
 

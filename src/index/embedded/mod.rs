@@ -1,0 +1,255 @@
+//! The embedded IndexStore: one redb file (`DIR/index.redb`), zero setup.
+//!
+//! Tables (worked examples in ARCHITECTURE.md):
+//! - `versions`: (type, id, version) → `VersionRecord` as JSON, plus the version's search entries;
+//! - `current`: (type, id) → the newest version number;
+//! - `history`: (lastUpdated, type, id, version) → (), the system history order;
+//! - `type_history`: (type, lastUpdated, id, version) → (), each type's history order;
+//! - `search`: (type, param, value, id) → (), entries of current versions only;
+//! - `cids`: CID → (), every CID a version references (the sweeper's question);
+//! - `data_keys`: owner → wrapped data key;
+//! - `unreferenced`: CID → when the sweeper first saw it unreferenced;
+//! - `records`: (kind, key) → the authorization server's small records.
+//!
+//! Writes go through one writer thread (`writer`) that owns the database's write side and
+//! commits in groups; reads (`reads`) each run in a read transaction of their own on the
+//! blocking pool, never on the async workers.
+//!
+//! Must not know what the CIDs point at or how keys are wrapped.
+
+mod reads;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Commit, HistoryQuery, IndexError, IndexStore, Record, SearchEntry, VersionRecord};
+use writer::{RecordOp, WriteOp, run_writer};
+
+const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
+const CURRENT: TableDefinition<(&str, &str), u64> = TableDefinition::new("current");
+const HISTORY: TableDefinition<(i64, &str, &str, u64), ()> = TableDefinition::new("history");
+const TYPE_HISTORY: TableDefinition<(&str, i64, &str, u64), ()> =
+    TableDefinition::new("type_history");
+const SEARCH: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("search");
+const CIDS: TableDefinition<&str, ()> = TableDefinition::new("cids");
+const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
+const UNREFERENCED: TableDefinition<&str, i64> = TableDefinition::new("unreferenced");
+/// (kind, key) → `Record` as JSON.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+
+/// What is stored per version: the record and the search entries it had when current.
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    record: VersionRecord,
+    entries: Vec<SearchEntry>,
+}
+
+pub struct EmbeddedIndex {
+    db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<WriteOp>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Unavailable(format!("embedded index: {e}"))
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredVersion, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Record, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedIndex {
+    /// Opens (creating if needed) `data_dir/index.redb` and starts its writer thread.
+    pub fn open(data_dir: &Path) -> Result<EmbeddedIndex, IndexError> {
+        std::fs::create_dir_all(data_dir).map_err(unavailable)?;
+        let db = Database::create(data_dir.join("index.redb")).map_err(unavailable)?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(VERSIONS).map_err(unavailable)?;
+            txn.open_table(CURRENT).map_err(unavailable)?;
+            txn.open_table(HISTORY).map_err(unavailable)?;
+            txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
+            txn.open_table(SEARCH).map_err(unavailable)?;
+            txn.open_table(CIDS).map_err(unavailable)?;
+            txn.open_table(DATA_KEYS).map_err(unavailable)?;
+            txn.open_table(UNREFERENCED).map_err(unavailable)?;
+            txn.open_table(RECORDS).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (writer, inbox) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || run_writer(&writer_db, &inbox))
+            .map_err(unavailable)?;
+        Ok(EmbeddedIndex { db, writer })
+    }
+
+    /// Runs a read on the blocking pool, against the shared database.
+    async fn read<T, F>(&self, read: F) -> Result<T, IndexError>
+    where
+        F: FnOnce(&Database) -> Result<T, IndexError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.db.clone();
+        crate::cpu::blocking(move || read(&db)).await
+    }
+
+    /// Runs `work` in the writer's next group transaction; returns once it is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, IndexError> + Send + 'static,
+    {
+        let (op, done) = WriteOp::new(work);
+        // If the writer is gone, `done` resolves to an error below.
+        let _ = self.writer.send(op);
+        done.await
+            .map_err(|_| unavailable("the writer has stopped"))?
+    }
+
+    async fn record_op(&self, op: RecordOp) -> Result<(Option<Record>, bool), IndexError> {
+        self.write(move |txn| writer::apply_record(txn, &op)).await
+    }
+}
+
+#[async_trait]
+impl IndexStore for EmbeddedIndex {
+    async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
+        self.write(move |txn| writer::apply_commit(txn, &commit))
+            .await
+    }
+
+    async fn current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRecord>, IndexError> {
+        let (rt, id) = (resource_type.to_owned(), id.to_owned());
+        self.read(move |db| reads::current(db, &rt, &id)).await
+    }
+
+    async fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, IndexError> {
+        let (rt, id) = (resource_type.to_owned(), id.to_owned());
+        self.read(move |db| reads::version(db, &rt, &id, version))
+            .await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<VersionRecord>, IndexError> {
+        let query = query.clone();
+        self.read(move |db| reads::history(db, &query)).await
+    }
+
+    async fn data_key(&self, owner: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        let owner = owner.to_owned();
+        self.read(move |db| reads::data_key(db, &owner)).await
+    }
+
+    async fn insert_data_key(&self, owner: &str, wrapped: Vec<u8>) -> Result<Vec<u8>, IndexError> {
+        let owner = owner.to_owned();
+        self.write(move |txn| writer::apply_insert_key(txn, &owner, &wrapped))
+            .await
+    }
+
+    async fn references(&self, cid: &str) -> Result<bool, IndexError> {
+        let cid = cid.to_owned();
+        self.read(move |db| reads::references(db, &cid)).await
+    }
+
+    async fn note_unreferenced(&self, cid: &str, now: i64) -> Result<i64, IndexError> {
+        let cid = cid.to_owned();
+        self.write(move |txn| writer::apply_sighting(txn, &cid, Some(now)))
+            .await
+    }
+
+    async fn forget_unreferenced(&self, cid: &str) -> Result<(), IndexError> {
+        let cid = cid.to_owned();
+        self.write(move |txn| writer::apply_sighting(txn, &cid, None))
+            .await
+            .map(|_| ())
+    }
+
+    async fn health(&self) -> Result<String, IndexError> {
+        self.read(reads::health).await
+    }
+
+    async fn put_record(&self, record: Record) -> Result<(), IndexError> {
+        self.record_op(RecordOp::Put(record)).await.map(|_| ())
+    }
+
+    async fn insert_record(&self, record: Record) -> Result<bool, IndexError> {
+        self.record_op(RecordOp::InsertIfAbsent(record))
+            .await
+            .map(|(_, inserted)| inserted)
+    }
+
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.read(move |db| reads::get_record(db, &kind, &key))
+            .await
+    }
+
+    async fn take_record(&self, kind: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        let op = RecordOp::Take {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+        };
+        self.record_op(op).await.map(|(taken, _)| taken)
+    }
+
+    async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
+        let kind = kind.to_owned();
+        self.read(move |db| reads::list_records(db, &kind)).await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<usize, IndexError> {
+        self.write(move |txn| writer::apply_purge_expired(txn, now))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read runs on the blocking pool: on a one-thread runtime another task keeps ticking
+    /// while a slow read (a long scan, a cold disk) is under way.
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_leave_the_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let reader = index.clone();
+        let slow = tokio::spawn(async move {
+            reader
+                .read(|db| {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    reads::health(db)
+                })
+                .await
+        });
+        let mut ticks = 0;
+        while !slow.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            ticks += 1;
+        }
+        assert!(slow.await.unwrap().is_ok());
+        assert!(
+            ticks >= 10,
+            "the runtime ticked only {ticks} times during the read"
+        );
+    }
+}

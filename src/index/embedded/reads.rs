@@ -1,0 +1,186 @@
+//! The embedded index's reads: synchronous lookups and scans over one redb read transaction
+//! each (a consistent snapshot, never blocked by the writer). `EmbeddedIndex` runs every one of
+//! them on the blocking pool: a scan can take milliseconds, and even a point lookup may wait
+//! on the disk.
+
+use redb::{Database, ReadableDatabase};
+
+use super::{
+    CIDS, CURRENT, DATA_KEYS, HISTORY, RECORDS, TYPE_HISTORY, VERSIONS, decode, decode_record,
+    unavailable,
+};
+use crate::index::{HistoryCursor, HistoryQuery, HistoryScope, IndexError, Record, VersionRecord};
+
+pub(super) fn version(
+    db: &Database,
+    resource_type: &str,
+    id: &str,
+    version: u64,
+) -> Result<Option<VersionRecord>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+    let row = versions
+        .get((resource_type, id, version))
+        .map_err(unavailable)?;
+    row.map(|v| decode(v.value()).map(|s| s.record)).transpose()
+}
+
+pub(super) fn current(
+    db: &Database,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<VersionRecord>, IndexError> {
+    let newest = {
+        let txn = db.begin_read().map_err(unavailable)?;
+        let current = txn.open_table(CURRENT).map_err(unavailable)?;
+        current
+            .get((resource_type, id))
+            .map_err(unavailable)?
+            .map(|v| v.value())
+    };
+    match newest {
+        Some(newest) => version(db, resource_type, id, newest),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn history(
+    db: &Database,
+    query: &HistoryQuery,
+) -> Result<Vec<VersionRecord>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    let mut take = |rt: &str, id: &str, version: u64| -> Result<bool, IndexError> {
+        let row = versions.get((rt, id, version)).map_err(unavailable)?;
+        let Some(row) = row else {
+            return Err(IndexError::Corrupt(format!(
+                "{rt}/{id}/{version} has no row"
+            )));
+        };
+        let record = decode(row.value())?.record;
+        if query.admits(&record) {
+            out.push(record);
+        }
+        Ok(out.len() < query.limit)
+    };
+    let after = query.after.as_ref();
+    match &query.scope {
+        HistoryScope::System => {
+            let table = txn.open_table(HISTORY).map_err(unavailable)?;
+            let upper = after.map(|c: &HistoryCursor| {
+                (
+                    c.last_updated,
+                    c.resource_type.as_str(),
+                    c.id.as_str(),
+                    c.version,
+                )
+            });
+            let rows = match upper {
+                Some(upper) => table.range(..upper),
+                None => table.range::<(i64, &str, &str, u64)>(..),
+            }
+            .map_err(unavailable)?;
+            for row in rows.rev() {
+                let (key, _) = row.map_err(unavailable)?;
+                let (last_updated, rt, id, version) = key.value();
+                if query.since.is_some_and(|s| last_updated < s) || !take(rt, id, version)? {
+                    break;
+                }
+            }
+        }
+        HistoryScope::Type(rt) => {
+            let table = txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
+            let lower = (rt.as_str(), i64::MIN, "", 0u64);
+            let rows = match after {
+                Some(c) => {
+                    table.range(lower..(rt.as_str(), c.last_updated, c.id.as_str(), c.version))
+                }
+                None => table.range(lower..=(rt.as_str(), i64::MAX, "\u{10ffff}", u64::MAX)),
+            }
+            .map_err(unavailable)?;
+            for row in rows.rev() {
+                let (key, _) = row.map_err(unavailable)?;
+                let (rt, last_updated, id, version) = key.value();
+                if query.since.is_some_and(|s| last_updated < s) || !take(rt, id, version)? {
+                    break;
+                }
+            }
+        }
+        HistoryScope::Instance { resource_type, id } => {
+            let upper = after.map_or(u64::MAX, |c| c.version.saturating_sub(1));
+            let rows = versions
+                .range(
+                    (resource_type.as_str(), id.as_str(), 1)
+                        ..=(resource_type.as_str(), id.as_str(), upper),
+                )
+                .map_err(unavailable)?;
+            for row in rows.rev() {
+                let (_, value) = row.map_err(unavailable)?;
+                let record = decode(value.value())?.record;
+                if query.since.is_some_and(|s| record.last_updated < s) {
+                    break;
+                }
+                if query.admits(&record) {
+                    out.push(record);
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn data_key(db: &Database, owner: &str) -> Result<Option<Vec<u8>>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let keys = txn.open_table(DATA_KEYS).map_err(unavailable)?;
+    let key = keys.get(owner).map_err(unavailable)?;
+    Ok(key.map(|k| k.value().to_vec()))
+}
+
+pub(super) fn references(db: &Database, cid: &str) -> Result<bool, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let cids = txn.open_table(CIDS).map_err(unavailable)?;
+    Ok(cids.get(cid).map_err(unavailable)?.is_some())
+}
+
+pub(super) fn health(db: &Database) -> Result<String, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    txn.open_table(CURRENT).map_err(unavailable)?;
+    Ok("embedded redb".into())
+}
+
+pub(super) fn get_record(
+    db: &Database,
+    kind: &str,
+    key: &str,
+) -> Result<Option<Record>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(RECORDS).map_err(unavailable)?;
+    let now = crate::fhir::instant::now_millis();
+    let found = table.get((kind, key)).map_err(unavailable)?;
+    Ok(found
+        .map(|v| decode_record(v.value()))
+        .transpose()?
+        .filter(|r| r.live_at(now)))
+}
+
+pub(super) fn list_records(db: &Database, kind: &str) -> Result<Vec<Record>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(RECORDS).map_err(unavailable)?;
+    let now = crate::fhir::instant::now_millis();
+    let mut out = Vec::new();
+    for row in table.range((kind, "")..).map_err(unavailable)? {
+        let (key, value) = row.map_err(unavailable)?;
+        if key.value().0 != kind {
+            break;
+        }
+        let record = decode_record(value.value())?;
+        if record.live_at(now) {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,271 @@
+//! The writer thread of the embedded index: it owns the database's write side, takes every
+//! operation waiting, applies them in one transaction and makes that transaction durable with
+//! one fsync (group commit), then answers each caller. Conflicts are decided inside the
+//! transaction, so two racing writers of the same resource can never both win.
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{
+    CIDS, CURRENT, DATA_KEYS, HISTORY, RECORDS, SEARCH, StoredVersion, TYPE_HISTORY, UNREFERENCED,
+    VERSIONS, decode, decode_record, unavailable,
+};
+use crate::index::{Commit, IndexError, Record};
+
+/// Most operations folded into one transaction; bounds the latency a group adds.
+const MAX_GROUP: usize = 256;
+
+/// One operation for the writer: work to run inside the group's transaction, and the reply
+/// that is sent only once that transaction is durable (or has failed).
+pub(super) struct WriteOp(Box<dyn Pending>);
+
+trait Pending: Send {
+    /// Runs inside the group's transaction. `Err(message)` when the store itself failed: the
+    /// whole group is then abandoned.
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), String>;
+    /// Sends the outcome decided in `apply`, or `failure` if the group was not committed.
+    fn finish(self: Box<Self>, failure: Option<&str>);
+}
+
+struct Op<T, F> {
+    work: Option<F>,
+    outcome: Option<Result<T, IndexError>>,
+    reply: oneshot::Sender<Result<T, IndexError>>,
+}
+
+impl<T, F> Pending for Op<T, F>
+where
+    T: Send,
+    F: FnOnce(&WriteTransaction) -> Result<T, IndexError> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), String> {
+        let Some(work) = self.work.take() else {
+            return Ok(());
+        };
+        let outcome = work(txn);
+        let failed = match &outcome {
+            Err(IndexError::Unavailable(message) | IndexError::Corrupt(message)) => {
+                Some(message.clone())
+            }
+            _ => None,
+        };
+        self.outcome = Some(outcome);
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn finish(self: Box<Self>, failure: Option<&str>) {
+        let result = match failure {
+            Some(message) => Err(unavailable(message)),
+            None => self
+                .outcome
+                .unwrap_or_else(|| Err(unavailable("the operation was not applied"))),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+impl WriteOp {
+    /// An operation running `work` in the writer's transaction, and where its outcome arrives.
+    pub(super) fn new<T, F>(work: F) -> (WriteOp, oneshot::Receiver<Result<T, IndexError>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, IndexError> + Send + 'static,
+    {
+        let (reply, done) = oneshot::channel();
+        let op = Op {
+            work: Some(work),
+            outcome: None,
+            reply,
+        };
+        (WriteOp(Box::new(op)), done)
+    }
+}
+
+/// What to do with a record, decided inside the writer's transaction.
+pub(super) enum RecordOp {
+    Put(Record),
+    InsertIfAbsent(Record),
+    Take { kind: String, key: String },
+}
+
+/// The writer thread: drains waiting operations into one transaction per round.
+pub(super) fn run_writer(db: &Database, inbox: &std::sync::mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = inbox.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match inbox.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        apply_group(db, group);
+    }
+}
+
+fn apply_group(db: &Database, mut group: Vec<WriteOp>) {
+    let finish_all = |group: Vec<WriteOp>, failure: Option<&str>| {
+        for WriteOp(op) in group {
+            op.finish(failure);
+        }
+    };
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => return finish_all(group, Some(&e.to_string())),
+    };
+    // Each op's outcome is decided inside the transaction but only reported once it is durable.
+    for WriteOp(op) in &mut group {
+        if let Err(message) = op.apply(&txn) {
+            drop(txn);
+            return finish_all(group, Some(&message));
+        }
+    }
+    match txn.commit() {
+        Ok(()) => finish_all(group, None),
+        Err(e) => finish_all(group, Some(&e.to_string())),
+    }
+}
+
+pub(super) fn apply_record(
+    txn: &WriteTransaction,
+    op: &RecordOp,
+) -> Result<(Option<Record>, bool), IndexError> {
+    let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+    let now = crate::fhir::instant::now_millis();
+    let (kind, key) = match op {
+        RecordOp::Put(r) | RecordOp::InsertIfAbsent(r) => (r.kind.as_str(), r.key.as_str()),
+        RecordOp::Take { kind, key } => (kind.as_str(), key.as_str()),
+    };
+    let existing = table
+        .get((kind, key))
+        .map_err(unavailable)?
+        .map(|v| decode_record(v.value()))
+        .transpose()?
+        .filter(|r| r.live_at(now));
+    match op {
+        RecordOp::InsertIfAbsent(_) if existing.is_some() => Ok((existing, false)),
+        RecordOp::Put(record) | RecordOp::InsertIfAbsent(record) => {
+            let bytes = serde_json::to_vec(record).map_err(unavailable)?;
+            table
+                .insert((kind, key), bytes.as_slice())
+                .map_err(unavailable)?;
+            Ok((existing, true))
+        }
+        RecordOp::Take { .. } => {
+            table.remove((kind, key)).map_err(unavailable)?;
+            let taken = existing.is_some();
+            Ok((existing, taken))
+        }
+    }
+}
+
+pub(super) fn apply_sighting(
+    txn: &WriteTransaction,
+    cid: &str,
+    now: Option<i64>,
+) -> Result<i64, IndexError> {
+    let mut table = txn.open_table(UNREFERENCED).map_err(unavailable)?;
+    let Some(now) = now else {
+        table.remove(cid).map_err(unavailable)?;
+        return Ok(0);
+    };
+    if let Some(first) = table.get(cid).map_err(unavailable)?.map(|v| v.value()) {
+        return Ok(first);
+    }
+    table.insert(cid, now).map_err(unavailable)?;
+    Ok(now)
+}
+
+pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<(), IndexError> {
+    let record = &commit.record;
+    let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+    let mut current = txn.open_table(CURRENT).map_err(unavailable)?;
+    let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+    let mut search = txn.open_table(SEARCH).map_err(unavailable)?;
+    let existing = current
+        .get((rt, id))
+        .map_err(unavailable)?
+        .map(|v| v.value());
+    if existing != commit.replaces || record.version != commit.replaces.unwrap_or(0) + 1 {
+        return Err(IndexError::Conflict { current: existing });
+    }
+    if let Some(previous) = existing {
+        let bytes = versions
+            .get((rt, id, previous))
+            .map_err(unavailable)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| IndexError::Corrupt(format!("{rt}/{id} lost version {previous}")))?;
+        let mut stored = decode(&bytes)?;
+        for entry in &stored.entries {
+            search
+                .remove((rt, entry.param.as_str(), entry.value.as_str(), id))
+                .map_err(unavailable)?;
+        }
+        stored.record.superseded_at = Some(record.last_updated);
+        let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
+        versions
+            .insert((rt, id, previous), bytes.as_slice())
+            .map_err(unavailable)?;
+    }
+    let stored = StoredVersion {
+        record: record.clone(),
+        entries: commit.entries.clone(),
+    };
+    let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
+    versions
+        .insert((rt, id, record.version), bytes.as_slice())
+        .map_err(unavailable)?;
+    current
+        .insert((rt, id), record.version)
+        .map_err(unavailable)?;
+    for entry in &commit.entries {
+        search
+            .insert((rt, entry.param.as_str(), entry.value.as_str(), id), ())
+            .map_err(unavailable)?;
+    }
+    let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
+    history
+        .insert((record.last_updated, rt, id, record.version), ())
+        .map_err(unavailable)?;
+    let mut type_history = txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
+    type_history
+        .insert((rt, record.last_updated, id, record.version), ())
+        .map_err(unavailable)?;
+    if let Some(cid) = &record.cid {
+        let mut cids = txn.open_table(CIDS).map_err(unavailable)?;
+        cids.insert(cid.as_str(), ()).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+pub(super) fn apply_insert_key(
+    txn: &WriteTransaction,
+    owner: &str,
+    wrapped: &[u8],
+) -> Result<Vec<u8>, IndexError> {
+    let mut keys = txn.open_table(DATA_KEYS).map_err(unavailable)?;
+    if let Some(existing) = keys.get(owner).map_err(unavailable)? {
+        return Ok(existing.value().to_vec());
+    }
+    keys.insert(owner, wrapped).map_err(unavailable)?;
+    Ok(wrapped.to_vec())
+}
+
+/// Deletes every record expired at `now`; returns how many.
+pub(super) fn apply_purge_expired(txn: &WriteTransaction, now: i64) -> Result<usize, IndexError> {
+    let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+    let mut expired: Vec<(String, String)> = Vec::new();
+    for row in table.iter().map_err(unavailable)? {
+        let (key, value) = row.map_err(unavailable)?;
+        // An unreadable record cannot be judged; it is left for an operator to see.
+        if decode_record(value.value()).is_ok_and(|r| !r.live_at(now)) {
+            let (kind, key) = key.value();
+            expired.push((kind.to_owned(), key.to_owned()));
+        }
+    }
+    for (kind, key) in &expired {
+        table
+            .remove((kind.as_str(), key.as_str()))
+            .map_err(unavailable)?;
+    }
+    Ok(expired.len())
+}
