@@ -43,20 +43,33 @@ npm_cached() {
 }
 
 # Starts the release server for a benchmark, as production runs it: a fresh data dir under
-# WORK, a backend client `bench` with system scopes, the sweeper off. Sets server_pid, base
-# (the FHIR base URL) and token (a client_credentials access token). The caller stops
-# server_pid. Usage: bench_server_start WORK
+# WORK, a backend client `bench` with system scopes (its secret in WORK/bench.secret), the
+# sweeper off. Sets server_pid, base (the FHIR base URL) and token (a client_credentials access
+# token). The caller stops server_pid. INTELLIHEALTH_BIN picks another build of the server
+# (an older one, to compare). Usage: bench_server_start WORK
 bench_server_start() {
-  local work=$1 secret
+  local work=$1 secret bin=${INTELLIHEALTH_BIN:-./target/release/intellihealth}
   secret=$(head -c 24 /dev/urandom | base64)
   printf '%s\n' "$secret" >"$work/bench.secret"
-  ./target/release/intellihealth clients add --id bench --secret-file "$work/bench.secret" \
+  "$bin" clients add --id bench --secret-file "$work/bench.secret" \
     --scope 'system/*.cruds' --data-dir "$work/data" >/dev/null
-  ./target/release/intellihealth serve --listen 127.0.0.1:0 --data-dir "$work/data" \
+  "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
     --sweep-interval-secs 0 >"$work/server.out" 2>"$work/server.err" &
   server_pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$work/server.out" && break; sleep 0.1; done
   base=$(sed -n 's/.*listening on //p' "$work/server.out")
   token=$(curl -s -u "bench:$secret" -d grant_type=client_credentials -d 'scope=system/*.cruds' \
     "${base%/fhir}/auth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+}
+
+# Generates, once, carebundle's synthetic records (PyPI carebundle==0.5.0: 1,000 patients,
+# ~45k resources, deterministic) into the cache; prints the directory.
+carebundle_data() {
+  local data="$INTELLIHEALTH_CACHE/carebundle/mixed-1000" venv="$INTELLIHEALTH_CACHE/carebundle-venv"
+  if [ ! -d "$data" ]; then
+    ensure_python
+    [ -x "$venv/bin/carebundle" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q carebundle==0.5.0 >&2; }
+    "$venv/bin/carebundle" generate --profile mixed --count 1000 --seed 1 --out "$data" --format ndjson >&2
+  fi
+  printf '%s\n' "$data"
 }

@@ -81,6 +81,11 @@ pub async fn bind(data_dir: &Path) -> std::io::Result<Option<UnixListener>> {
     UnixListener::bind(&path).map(Some)
 }
 
+/// Removes the admin socket of `data_dir` (at shutdown, once no server answers on it).
+pub fn unbind(data_dir: &Path) {
+    let _ = std::fs::remove_file(socket_path(data_dir));
+}
+
 /// What the admin commands act on.
 #[derive(Clone)]
 pub struct AdminState {

@@ -275,9 +275,11 @@ pub async fn serve(
                 .await;
         }));
     }
+    let mut admin_bound = false;
     if let Some(dir) = &background.admin_dir {
         match admin::bind(dir).await {
             Ok(Some(socket)) => {
+                admin_bound = true;
                 let admin_state = admin::AdminState {
                     auth: state.auth.clone(),
                     repo: state.repo.clone(),
@@ -302,6 +304,10 @@ pub async fn serve(
     let _ = stop.send(true);
     for task in tasks {
         let _ = task.await;
+    }
+    // Only this server's own socket: one left to another server is not ours to remove.
+    if let (true, Some(dir)) = (admin_bound, &background.admin_dir) {
+        admin::unbind(dir);
     }
     served
 }

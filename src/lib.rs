@@ -2,18 +2,32 @@
 //! content-addressed blob, and the index never sees plaintext.
 //!
 //! The rooms, top to bottom (see ARCHITECTURE.md for the codemap and each room's invariant):
-//! `http` → `repository` → the domain rooms `fhir`, `search`, `vault` → the seams `index`
-//! (IndexStore) and `vault::blob` (BlobStore). `config` and `app` wire them; `main` is the CLI.
+//! `http` and `admin` (the faces) → `repository` → the domain rooms `auth`, `fhir`, `search`,
+//! `vault` → the seams `index` (IndexStore) and `vault::blob` (BlobStore). `config` and `app`
+//! wire them; `main` is the CLI.
+//!
+//! Without the `server` feature only `fhir` and `search` are built: pure functions over JSON,
+//! which is all the fuzz targets need.
 
+#[cfg(feature = "server")]
 pub mod admin;
+#[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod cpu;
 pub mod fhir;
+#[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
 pub mod index;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod repository;
 pub mod search;
+#[cfg(feature = "server")]
 pub mod vault;

@@ -117,9 +117,15 @@ async fn a_failing_service_gives_a_prompt_503_and_nothing_half_written() {
     let exports = services("up", services_dir.path(), None);
     let _guard = ServicesGuard(services_dir.path());
     let data = tempfile::tempdir().unwrap();
+    // No blob cache: the reads below must reach the IPFS node to meet its fault.
     let server = Server::start_with(
         data.path(),
-        &["--backend-timeout-ms", TIMEOUT_MS],
+        &[
+            "--backend-timeout-ms",
+            TIMEOUT_MS,
+            "--blob-cache-bytes",
+            "0",
+        ],
         &profile_from(&exports),
     );
     let c = client(&server).await;

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{Server, client};
-use futures::future::join_all;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn patient(family: &str) -> Value {
@@ -179,22 +179,26 @@ async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
     let server = Server::start(dir.path(), &[]);
     let c = client(&server).await;
     let pid = server.pid();
-    let writes = (0..200).map(|n| {
-        let c = c.clone();
-        async move {
-            c.post_json("Patient", &patient(&format!("Drain{n}")))
-                .send()
-                .await
-        }
-    });
-    let signal = async {
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        // SAFETY: signalling our own child by its PID.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    };
-    let (replies, ()) = tokio::join!(join_all(writes), signal);
+    let mut writes: futures::stream::FuturesUnordered<_> = (0..200)
+        .map(|n| {
+            let c = c.clone();
+            async move {
+                c.post_json("Patient", &patient(&format!("Drain{n}")))
+                    .send()
+                    .await
+            }
+        })
+        .collect();
+    // The signal comes as soon as the first write is answered, with the rest in flight
+    // (a fixed delay would race the machine's speed).
+    let mut replies = vec![writes.next().await.expect("200 writes")];
+    // SAFETY: signalling our own child by its PID.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    while let Some(reply) = writes.next().await {
+        replies.push(reply);
+    }
     assert!(server.terminate().success(), "a clean exit after draining");
     let acknowledged: Vec<Value> = replies
         .iter()
@@ -203,7 +207,12 @@ async fn sigterm_drains_in_flight_writes_and_every_acknowledged_one_survives() {
         .collect();
     assert!(
         !acknowledged.is_empty(),
-        "some writes completed before the signal"
+        "some writes completed before the signal: {:?}",
+        replies
+            .iter()
+            .take(5)
+            .map(|r| r.summary())
+            .collect::<Vec<_>>()
     );
 
     let server = Server::start(dir.path(), &[]);
@@ -244,10 +253,12 @@ async fn only_ciphertext_reaches_the_disk() {
 
 fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
             collect_files(&path, out);
-        } else {
+        } else if kind.is_file() {
             out.push(path);
         }
     }

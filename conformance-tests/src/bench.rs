@@ -2,6 +2,11 @@
 //! against a running server, on realistic resources (generated patient records, or the
 //! official examples). Each phase runs for a fixed time after a warm-up; reads pick uniformly
 //! among the resources the create phase made. Prints a Markdown table.
+//!
+//! With a token burst, each read phase runs a second time while other tasks request access
+//! tokens (`client_credentials`, each an argon2id check of the client's secret) as fast as they
+//! are answered: the two read rows side by side show what a burst of logins costs every other
+//! request.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +29,18 @@ pub struct BenchOptions {
     pub concurrency: Vec<usize>,
     pub seconds: f64,
     pub warmup_seconds: f64,
+    /// Token requests to run beside a second pass of each read phase.
+    pub token_burst: Option<TokenBurst>,
+}
+
+/// Concurrent `client_credentials` requests of one confidential client.
+#[derive(Clone, Debug)]
+pub struct TokenBurst {
+    pub token_url: String,
+    pub client_id: String,
+    pub secret: String,
+    pub scope: String,
+    pub concurrency: usize,
 }
 
 /// One measured phase.
@@ -155,16 +172,89 @@ pub async fn run(options: &BenchOptions, resources: Vec<Value>) -> Result<Vec<Ph
         return Err("the create phase produced no readable resources".into());
     }
     for &concurrency in &options.concurrency {
-        let paths = paths.clone();
-        let phase = measure("read", concurrency, options, &client, move |client, n| {
-            // A multiplicative hash spreads reads over all resources without a shared RNG.
-            let path = paths[(n.wrapping_mul(2_654_435_761)) % paths.len()].clone();
-            async move { client.get(&path).send().await.status.is_success() }
-        })
-        .await;
-        phases.push(phase);
+        phases.push(read_phase("read", concurrency, options, &client, &paths).await);
+    }
+    if let Some(burst) = &options.token_burst {
+        for &concurrency in &options.concurrency {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let tokens = tokio::spawn(token_burst(burst.clone(), stop.clone(), options.clone()));
+            let name = "read, beside a token burst";
+            phases.push(read_phase(name, concurrency, options, &client, &paths).await);
+            stop.store(true, Ordering::Relaxed);
+            if let Ok(phase) = tokens.await {
+                phases.push(phase);
+            }
+        }
     }
     Ok(phases)
+}
+
+async fn read_phase(
+    name: &'static str,
+    concurrency: usize,
+    options: &BenchOptions,
+    client: &Client,
+    paths: &Arc<Vec<String>>,
+) -> Phase {
+    let paths = paths.clone();
+    measure(name, concurrency, options, client, move |client, n| {
+        // A multiplicative hash spreads reads over all resources without a shared RNG.
+        let path = paths[(n.wrapping_mul(2_654_435_761)) % paths.len()].clone();
+        async move { client.get(&path).send().await.status.is_success() }
+    })
+    .await
+}
+
+/// Requests tokens with `burst.concurrency` tasks until `stop`; the phase row of those
+/// requests, measured over the same window as the reads beside them.
+async fn token_burst(
+    burst: TokenBurst,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    options: BenchOptions,
+) -> Phase {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs_f64(options.warmup_seconds);
+    let mut workers = Vec::new();
+    for _ in 0..burst.concurrency {
+        let (http, burst, stop) = (http.clone(), burst.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let reply = http
+                    .post(&burst.token_url)
+                    .basic_auth(&burst.client_id, Some(&burst.secret))
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("scope", &burst.scope),
+                    ])
+                    .send()
+                    .await;
+                let ok = reply.is_ok_and(|r| r.status().is_success());
+                if began >= measure_from && !stop.load(Ordering::Relaxed) {
+                    latencies.push(began.elapsed());
+                    errors += usize::from(!ok);
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((mut l, e)) = worker.await {
+            latencies.append(&mut l);
+            errors += e;
+        }
+    }
+    summarize(
+        "token requests (the burst)",
+        burst.concurrency,
+        latencies,
+        errors,
+        options.seconds,
+    )
 }
 
 async fn measure<F, Fut>(
@@ -214,6 +304,23 @@ where
             errors += e;
         }
     }
+    summarize(
+        interaction,
+        concurrency,
+        latencies,
+        errors,
+        measured.as_secs_f64(),
+    )
+}
+
+/// A phase's row from its latencies over `seconds` of measurement.
+pub fn summarize(
+    interaction: &'static str,
+    concurrency: usize,
+    mut latencies: Vec<Duration>,
+    errors: usize,
+    seconds: f64,
+) -> Phase {
     latencies.sort_unstable();
     let percentile = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -227,7 +334,7 @@ where
         concurrency,
         requests: latencies.len(),
         errors,
-        per_second: latencies.len() as f64 / measured.as_secs_f64(),
+        per_second: latencies.len() as f64 / seconds,
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
     }

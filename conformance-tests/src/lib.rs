@@ -2,12 +2,14 @@
 //! if the server wants one) and it exercises the server over HTTP only, printing a pass/fail
 //! table. It runs against IntelliHealth in both profiles, or against any peer server.
 //!
-//! Also a load driver (`bench`) measuring create and read throughput and latency.
+//! Also a load driver (`bench`) measuring create and read throughput and latency, and a soak
+//! (`soak`) holding a mixed load for minutes.
 
 pub mod bench;
 pub mod client;
 pub mod keys;
 pub mod report;
+pub mod soak;
 pub mod suites;
 
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use conformance_tests::bench::{self, BenchOptions};
+use conformance_tests::soak;
 use conformance_tests::{Options, default_examples_dir, run};
 
 #[derive(Parser)]
@@ -21,6 +22,32 @@ struct Cli {
 enum Command {
     /// Measure create and read throughput and latency.
     Bench(BenchArgs),
+    /// Hold a mixed load for minutes, reporting latency and the server's memory each minute.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[arg(long, env = "FHIR_BASE_URL")]
+    base_url: String,
+    #[arg(long, env = "FHIR_BEARER")]
+    bearer: Option<String>,
+    /// Resources to create and update: a directory of .ndjson/.json files.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    minutes: usize,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The server's PID, whose resident memory is sampled.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The confidential client token requests authenticate as.
+    #[arg(long, default_value = "bench")]
+    token_client: String,
+    /// A file holding that client's secret (its first line).
+    #[arg(long)]
+    token_secret_file: PathBuf,
 }
 
 #[derive(Args)]
@@ -63,6 +90,15 @@ struct BenchArgs {
     /// Warm-up seconds before each phase.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Also run each read phase beside this many concurrent token requests (0: not).
+    #[arg(long, default_value_t = 0)]
+    token_burst: usize,
+    /// The confidential client the token burst authenticates as.
+    #[arg(long, default_value = "bench")]
+    token_client: String,
+    /// A file holding that client's secret (its first line).
+    #[arg(long)]
+    token_secret_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -70,6 +106,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Bench(args)) => bench_command(args).await,
+        Some(Command::Soak(args)) => soak_command(args).await,
         None => run_command(cli.run).await,
     }
 }
@@ -106,6 +143,29 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let token_burst = match (args.token_burst, &args.token_secret_file) {
+        (0, _) => None,
+        (_, None) => {
+            eprintln!("conformance-tests bench: --token-burst needs --token-secret-file");
+            return ExitCode::from(2);
+        }
+        (concurrency, Some(file)) => {
+            let secret = match std::fs::read_to_string(file) {
+                Ok(text) => text.lines().next().unwrap_or_default().to_owned(),
+                Err(e) => {
+                    eprintln!("conformance-tests bench: {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            Some(bench::TokenBurst {
+                token_url: format!("{}/auth/token", args.base_url.trim_end_matches("/fhir")),
+                client_id: args.token_client.clone(),
+                secret,
+                scope: "system/*.rs".into(),
+                concurrency,
+            })
+        }
+    };
     let options = BenchOptions {
         base_url: args.base_url,
         bearer: args.bearer,
@@ -113,6 +173,7 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
         concurrency: args.concurrency,
         seconds: args.seconds,
         warmup_seconds: args.warmup,
+        token_burst,
     };
     match bench::run(&options, resources).await {
         Ok(phases) => {
@@ -121,6 +182,55 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("conformance-tests bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn soak_command(args: SoakArgs) -> ExitCode {
+    let data = args.data.clone().unwrap_or_else(default_examples_dir);
+    let resources = match bench::load_resources(&data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("conformance-tests soak: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let secret = match std::fs::read_to_string(&args.token_secret_file) {
+        Ok(text) => text.lines().next().unwrap_or_default().to_owned(),
+        Err(e) => {
+            eprintln!(
+                "conformance-tests soak: {}: {e}",
+                args.token_secret_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = soak::SoakOptions {
+        tokens: bench::TokenBurst {
+            token_url: format!("{}/auth/token", args.base_url.trim_end_matches("/fhir")),
+            client_id: args.token_client,
+            secret,
+            scope: "system/*.rs".into(),
+            concurrency: 0,
+        },
+        base_url: args.base_url,
+        bearer: args.bearer,
+        minutes: args.minutes,
+        concurrency: args.concurrency,
+        server_pid: args.server_pid,
+    };
+    match soak::run(&options, resources).await {
+        Ok((report, passed)) => {
+            print!("{report}");
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("conformance-tests soak: {e}");
             ExitCode::FAILURE
         }
     }

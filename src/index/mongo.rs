@@ -36,6 +36,8 @@ use super::{
 
 const DEFAULT_DATABASE: &str = "intellihealth";
 const DUPLICATE_KEY: i32 = 11000;
+/// 9999-12-31T23:59:59.999Z.
+const LAST_STORABLE_MS: i64 = 253_402_300_799_999;
 
 pub struct MongoIndex {
     client: Client,
@@ -103,7 +105,11 @@ impl RecordDoc {
                 bytes: record.value,
             },
             expires_at: record.expires_at,
-            expires: record.expires_at.map(bson::DateTime::from_millis),
+            // Clamped to the last millisecond of year 9999: a later date is a "never" that
+            // not every server can store as a BSON date.
+            expires: record
+                .expires_at
+                .map(|at| bson::DateTime::from_millis(at.min(LAST_STORABLE_MS))),
         }
     }
 

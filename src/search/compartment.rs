@@ -18,6 +18,9 @@ use crate::fhir::json::Json;
 
 const COMPARTMENT_JSON: &str = include_str!("../../fhir-profiles/compartment-patient.json");
 
+/// The owner of the key for resources outside any patient compartment.
+pub const SYSTEM_OWNER: &str = "system";
+
 /// The patients a resource version belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compartment {
@@ -30,7 +33,7 @@ impl Compartment {
     pub fn key_owner(&self) -> String {
         match self.patients.first() {
             Some(id) => format!("Patient/{id}"),
-            None => crate::vault::SYSTEM_OWNER.to_owned(),
+            None => SYSTEM_OWNER.to_owned(),
         }
     }
 }

@@ -67,15 +67,29 @@ fn is_missing(e: &BlobError) -> bool {
 impl BlobStore for IpfsBlobStore {
     async fn put(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
         let (expected, bytes) = crate::cpu::run(bytes.len(), move || (cid_of(&bytes), bytes)).await;
-        let options = request::Add {
+        let options = || request::Add {
             cid_version: Some(1),
             raw_leaves: Some(true),
             pin: Some(true),
             ..Default::default()
         };
-        let added = self
-            .call(self.client.add_with_options(Cursor::new(bytes), options))
-            .await?;
+        // An add is idempotent (the same bytes, the same CID), so a node's refusal is tried
+        // once more before it becomes a 503: js-ipfs has been seen to refuse one add in ten
+        // thousand with a JSON parse error of its own that the same add does not repeat.
+        let added = match self
+            .call(
+                self.client
+                    .add_with_options(Cursor::new(bytes.clone()), options()),
+            )
+            .await
+        {
+            Ok(added) => added,
+            Err(first) => {
+                tracing::debug!("IPFS add refused once ({first}); retrying");
+                self.call(self.client.add_with_options(Cursor::new(bytes), options()))
+                    .await?
+            }
+        };
         if added.hash != expected {
             return Err(BlobError::Unavailable(format!(
                 "IPFS named the blob {} where {expected} was expected (chunker or CID settings differ)",

@@ -38,8 +38,7 @@ const MAGIC: &[u8; 4] = b"IHS1";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 
-/// The owner of the key for resources outside any patient compartment.
-pub const SYSTEM_OWNER: &str = "system";
+pub use crate::search::compartment::SYSTEM_OWNER;
 
 /// A wrapped value the index keeps so a server can tell, before it writes anything, whether its
 /// master key is the one the stored data keys were wrapped with. (Not a patient or `system`:
