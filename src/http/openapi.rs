@@ -138,6 +138,7 @@ pub enum BodyErrors {
         oauth::register,
         oauth::launch,
     ),
+    components(schemas(OperationOutcomeSchema, IssueSchema)),
     modifiers(&BearerSecurity),
     security(("bearer" = []))
 )]
