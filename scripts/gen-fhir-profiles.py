@@ -51,6 +51,9 @@ def reduce_definition(sd, owners):
             # An inline structure: its children are listed under its own path.
             codes = ["@" + path]
         spec = {"types": codes, "min": e["min"], "many": e["max"] != "1" and e["max"] != "0"}
+        if e.get("isSummary"):
+            # Part of the resource's summary (`_summary=true` keeps only these).
+            spec["summary"] = True
         if e["max"] == "0":
             continue
         owners.setdefault(owner, {})[name] = spec

@@ -188,6 +188,7 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
         settings: Arc::new(HttpSettings {
             base_url: config.base_url.clone(),
             max_body_bytes: config.max_body_bytes,
+            search_handling: config.search_handling,
             started_at: format_instant(now_millis()),
         }),
     })

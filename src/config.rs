@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// private interface). Without it, `/metrics` on the FHIR listener needs the admin token.
     #[arg(long, env = "INTELLIHEALTH_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// How a search treats a parameter it does not know when the client does not say
+    /// (`Prefer: handling=…`): `lenient` ignores and reports it (FHIR R4's recommendation),
+    /// `strict` refuses the search with 400.
+    #[arg(long, env = "INTELLIHEALTH_SEARCH_HANDLING", value_parser = ["lenient", "strict"])]
+    pub search_handling: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -86,6 +91,7 @@ struct FileConfig {
     sweep_interval_secs: Option<u64>,
     sweep_grace_secs: Option<u64>,
     metrics_listen: Option<String>,
+    search_handling: Option<String>,
 }
 
 /// Where the master key comes from.
@@ -165,6 +171,8 @@ pub struct Config {
     pub trusted_issuers: Vec<String>,
     /// A separate, unauthenticated `/metrics` listener; `None`: only the admin-token one.
     pub metrics_listen: Option<String>,
+    /// The default handling of unknown search parameters.
+    pub search_handling: crate::search::query::Strictness,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
     /// environment only); `None` turns registration off.
     pub admin_token: Option<AdminToken>,
@@ -304,6 +312,20 @@ impl Config {
                 .clone()
                 .or(file.metrics_listen)
                 .filter(|a| !a.is_empty()),
+            search_handling: match args
+                .search_handling
+                .clone()
+                .or(file.search_handling)
+                .as_deref()
+            {
+                None | Some("lenient") => crate::search::query::Strictness::Lenient,
+                Some("strict") => crate::search::query::Strictness::Strict,
+                Some(other) => {
+                    return Err(format!(
+                        "search-handling must be lenient or strict, not {other}"
+                    ));
+                }
+            },
             admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())

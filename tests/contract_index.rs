@@ -11,8 +11,8 @@ use futures::future::join_all;
 use intellihealth::index::embedded::EmbeddedIndex;
 use intellihealth::index::mongo::MongoIndex;
 use intellihealth::index::{
-    Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, Record,
-    SearchEntry, VersionRecord,
+    CandidateQuery, Commit, HistoryCursor, HistoryQuery, HistoryScope, IndexError, IndexStore,
+    Method, Record, Searchable, VersionRecord, equality_range,
 };
 
 fn record(rt: &str, id: &str, version: u64, last_updated: i64) -> VersionRecord {
@@ -36,10 +36,11 @@ fn record(rt: &str, id: &str, version: u64, last_updated: i64) -> VersionRecord 
 
 fn commit(record: VersionRecord, replaces: Option<u64>) -> Commit {
     Commit {
-        entries: vec![SearchEntry {
-            param: "family".into(),
-            value: format!("v{}", record.version),
-        }],
+        searchable: Searchable {
+            keys: vec![format!("family\u{1}n\u{1}v{}", record.version)],
+            entries: format!("[\"v{}\"]", record.version).into_bytes(),
+            registry: 7,
+        },
         record,
         replaces,
     }
@@ -346,15 +347,172 @@ async fn mongo(tag: &str) -> Arc<dyn IndexStore> {
     )
 }
 
+/// What search asks of a store: candidates by key equality and key range, in (type, id)
+/// order, narrowed to a patient, paged; entries of a version; reindexing and what is stale.
+async fn search_contract(store: Arc<dyn IndexStore>) {
+    let s = store.as_ref();
+    let searchable = |keys: &[&str], registry: u64| Searchable {
+        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        entries: format!("{keys:?}").into_bytes(),
+        registry,
+    };
+    let put = |rt: &str, id: &str, version: u64, keys: &[&str], patient: &str| {
+        let mut r = record(rt, id, version, 1_000 + version as i64);
+        r.patients = vec![patient.to_owned()];
+        Commit {
+            record: r,
+            replaces: (version > 1).then(|| version - 1),
+            searchable: searchable(keys, 1),
+        }
+    };
+    for (id, keys, patient) in [
+        ("s3", &["name\u{1}n\u{1}smith", "_\u{1}_"][..], "p1"),
+        ("s1", &["name\u{1}n\u{1}smythe", "_\u{1}_"][..], "p2"),
+        ("s2", &["name\u{1}n\u{1}jones", "_\u{1}_"][..], "p1"),
+    ] {
+        s.commit(put("Patient", id, 1, keys, patient))
+            .await
+            .unwrap();
+    }
+    s.commit(put("Observation", "o1", 1, &["name\u{1}n\u{1}smith"], "p1"))
+        .await
+        .unwrap();
+    let query = |ranges: Option<Vec<(String, String)>>| CandidateQuery {
+        resource_types: vec!["Patient".into()],
+        key_ranges: ranges,
+        patient: None,
+        after: None,
+        limit: 100,
+    };
+    let ids = |found: Vec<intellihealth::index::Candidate>| -> Vec<String> {
+        found.into_iter().map(|c| c.record.id).collect()
+    };
+    let exact = vec![equality_range("name\u{1}n\u{1}smith")];
+    assert_eq!(
+        ids(s.candidates(&query(Some(exact.clone()))).await.unwrap()),
+        ["s3"]
+    );
+    let prefix = vec![(
+        "name\u{1}n\u{1}sm".to_owned(),
+        "name\u{1}n\u{1}sm\u{10ffff}".to_owned(),
+    )];
+    assert_eq!(
+        ids(s.candidates(&query(Some(prefix.clone()))).await.unwrap()),
+        ["s1", "s3"],
+        "in id order"
+    );
+    let both = vec![equality_range("name\u{1}n\u{1}jones"), exact[0].clone()];
+    assert_eq!(
+        ids(s.candidates(&query(Some(both.clone()))).await.unwrap()),
+        ["s2", "s3"]
+    );
+    let mut everything = query(None);
+    assert_eq!(
+        ids(s.candidates(&everything).await.unwrap()),
+        ["s1", "s2", "s3"]
+    );
+    everything.patient = Some("p1".into());
+    assert_eq!(ids(s.candidates(&everything).await.unwrap()), ["s2", "s3"]);
+    everything.patient = None;
+    everything.after = Some(("Patient".into(), "s1".into()));
+    everything.limit = 1;
+    assert_eq!(
+        ids(s.candidates(&everything).await.unwrap()),
+        ["s2"],
+        "paged"
+    );
+    let mut two_types = query(Some(exact.clone()));
+    two_types.resource_types = vec!["Observation".into(), "Patient".into()];
+    let found = s.candidates(&two_types).await.unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|c| c.record.resource_type.as_str())
+            .collect::<Vec<_>>(),
+        ["Observation", "Patient"]
+    );
+    assert_eq!(
+        found[1].entries,
+        searchable(&["name\u{1}n\u{1}smith", "_\u{1}_"], 1).entries
+    );
+
+    // An update moves the resource's keys; a delete removes it from every search.
+    s.commit(put("Patient", "s3", 2, &["name\u{1}n\u{1}brown"], "p1"))
+        .await
+        .unwrap();
+    assert!(
+        s.candidates(&query(Some(exact.clone())))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.version_entries("Patient", "s3", 1).await.unwrap(),
+        Some(searchable(&["name\u{1}n\u{1}smith", "_\u{1}_"], 1).entries),
+        "a version keeps its entries"
+    );
+    let mut deleted = record("Patient", "s2", 2, 2_000);
+    deleted.method = Method::Delete;
+    deleted.cid = None;
+    s.commit(Commit {
+        record: deleted,
+        replaces: Some(1),
+        searchable: Searchable::default(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids(s.candidates(&query(None)).await.unwrap()), ["s1", "s3"]);
+
+    // Reindexing: what another registry made is stale until reindexed, and a reindex of a
+    // version no longer current changes nothing.
+    let stale = s.stale(2, None, 100).await.unwrap();
+    assert_eq!(
+        stale
+            .iter()
+            .map(|r| format!("{}/{}", r.resource_type, r.id))
+            .collect::<Vec<_>>(),
+        ["Observation/o1", "Patient/s1", "Patient/s3"]
+    );
+    assert!(
+        s.reindex("Patient", "s1", 1, searchable(&["name\u{1}n\u{1}new"], 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.reindex("Patient", "s3", 1, searchable(&["x"], 2))
+            .await
+            .unwrap()
+    );
+    let left = s
+        .stale(2, Some(("Observation".into(), "o1".into())), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["s3"]
+    );
+    let new = vec![equality_range("name\u{1}n\u{1}new")];
+    assert_eq!(ids(s.candidates(&query(Some(new))).await.unwrap()), ["s1"]);
+    assert!(
+        s.candidates(&query(Some(vec![equality_range("name\u{1}n\u{1}smythe")])))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_index_keeps_the_contract() {
     let (_dir, store) = embedded().await;
     contract(store).await;
+    let (_dir, store) = embedded().await;
+    search_contract(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mongodb_index_keeps_the_contract() {
     contract(mongo("contract").await).await;
+    search_contract(mongo("search-contract").await).await;
 }
 
 /// The same script on both stores; every query must be answered identically.

@@ -91,6 +91,8 @@ pub struct Element {
     pub many: bool,
     /// The JSON keys this element may appear under (one, or one per type of a choice).
     pub keys: Vec<String>,
+    /// Whether it is part of the resource's summary (`_summary=true`).
+    pub summary: bool,
 }
 
 /// The children of one type or inline structure.
@@ -128,6 +130,8 @@ struct RawElement {
     types: Vec<String>,
     min: u32,
     many: bool,
+    #[serde(default)]
+    summary: bool,
 }
 
 impl Definitions {
@@ -171,6 +175,7 @@ impl Definitions {
                         min: element.min,
                         many: element.many,
                         keys,
+                        summary: element.summary,
                     });
                 }
                 (owner_name, owner)

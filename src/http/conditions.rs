@@ -16,6 +16,7 @@ pub enum Interaction {
     Update,
     Delete,
     History,
+    Search,
 }
 
 /// Each conditional header and the interactions that implement it.
@@ -56,6 +57,7 @@ fn describe(interaction: Interaction) -> &'static str {
         Interaction::Update => "update",
         Interaction::Delete => "delete",
         Interaction::History => "history",
+        Interaction::Search => "search",
     }
 }
 

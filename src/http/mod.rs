@@ -13,6 +13,7 @@ mod oauth;
 pub mod openapi;
 pub mod outcome;
 mod principal;
+mod search;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct HttpSettings {
     /// Configured public base URL; `None` derives it from each request's Host.
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    /// How a search treats parameters it does not know when the client does not say
+    /// (`Prefer: handling=…`): lenient by default, as FHIR R4 recommends.
+    pub search_handling: crate::search::query::Strictness,
     /// When the server started, for the CapabilityStatement's date.
     pub started_at: String,
 }
@@ -56,8 +60,17 @@ pub struct HttpSettings {
 pub fn router(state: HttpState) -> Router {
     let fhir = Router::new()
         .route("/metadata", only(get(metadata::capability), "GET"))
+        .route("/", only(get(search::system_search), "GET"))
+        .route("/_search", only(post(search::system_search_post), "POST"))
         .route("/_history", only(get(history::system), "GET"))
-        .route("/{type}", only(post(crud::create), "POST"))
+        .route(
+            "/{type}",
+            only(get(search::type_search).post(crud::create), "GET, POST"),
+        )
+        .route(
+            "/{type}/_search",
+            only(post(search::type_search_post), "POST"),
+        )
         .route("/{type}/_history", only(get(history::type_level), "GET"))
         .route(
             "/{type}/{id}",
@@ -67,6 +80,14 @@ pub fn router(state: HttpState) -> Router {
             ),
         )
         .route("/{type}/{id}/_history", only(get(history::instance), "GET"))
+        .route(
+            "/{type}/{id}/$everything",
+            only(get(search::everything), "GET"),
+        )
+        .route(
+            "/{type}/{id}/{target}",
+            only(get(search::compartment_search), "GET"),
+        )
         .route("/{type}/{id}/_history/{vid}", only(get(crud::vread), "GET"))
         .route(
             "/.well-known/smart-configuration",
@@ -100,6 +121,8 @@ pub fn router(state: HttpState) -> Router {
             "/.well-known/smart-configuration",
             only(get(oauth::smart_config), "GET"),
         )
+        // The FHIR base with a trailing slash, as some clients write it.
+        .route("/fhir/", only(get(search::system_search), "GET"))
         .route("/health", only(get(metadata::health), "GET"))
         .route("/metrics", only(get(telemetry::metrics_for_admin), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))

@@ -162,6 +162,9 @@ fn from_accept(headers: &HeaderMap) -> Result<&'static str, ApiError> {
 pub struct Prefer {
     pub return_: Return,
     pub handling: Handling,
+    /// The handling the client asked for, if it asked: a search without one gets the
+    /// server's default.
+    pub handling_given: Option<Handling>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -185,8 +188,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Prefer {
                     ("return", "minimal") => prefer.return_ = Return::Minimal,
                     ("return", "representation") => prefer.return_ = Return::Representation,
                     ("return", "OperationOutcome") => prefer.return_ = Return::OperationOutcome,
-                    ("handling", "lenient") => prefer.handling = Handling::Lenient,
-                    ("handling", "strict") => prefer.handling = Handling::Strict,
+                    ("handling", "lenient") => {
+                        prefer.handling = Handling::Lenient;
+                        prefer.handling_given = Some(Handling::Lenient);
+                    }
+                    ("handling", "strict") => {
+                        prefer.handling = Handling::Strict;
+                        prefer.handling_given = Some(Handling::Strict);
+                    }
                     _ => {}
                 }
             }

@@ -5,6 +5,8 @@
 //! | body not JSON / not a valid resource    | 400    | structure, value, required, ... |
 //! | bad id, header or query parameter       | 400    | value / invalid |
 //! | a header or feature not implemented     | 400    | not-supported  |
+//! | a search value malformed / a parameter unknown (strict) / too costly | 400 | invalid / not-supported / too-costly |
+//! | a later search page whose snapshot changed too much | 410 | processing |
 //! | broken or truncated request stream      | 400    | structure      |
 //! | unknown resource type, id, version, route | 404  | not-supported / not-found |
 //! | method not allowed on the route         | 405    | not-supported  |
@@ -137,6 +139,16 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
             (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient))
         }
         RepoError::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception)),
+        RepoError::Search(search) => {
+            use crate::search::query::QueryError;
+            let code = match search {
+                QueryError::Invalid(_) => IssueCode::Invalid,
+                QueryError::Unsupported(_) => IssueCode::NotSupported,
+                QueryError::TooCostly(_) => IssueCode::TooCostly,
+            };
+            (StatusCode::BAD_REQUEST, one(code))
+        }
+        RepoError::SearchExpired(_) => (StatusCode::GONE, one(IssueCode::Processing)),
     }
 }
 

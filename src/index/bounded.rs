@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Commit, HistoryQuery, IndexError, IndexStore, Record, VersionRecord};
+use super::{
+    Candidate, CandidateQuery, Commit, HistoryQuery, IndexError, IndexStore, Record, Searchable,
+    VersionRecord,
+};
 use crate::metrics;
 
 const COMPONENT: &str = "index";
@@ -144,6 +147,47 @@ impl IndexStore for Bounded {
 
     async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
         self.run("list_records", self.inner.list_records(kind))
+            .await
+    }
+
+    async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
+        self.run("candidates", self.inner.candidates(query)).await
+    }
+
+    async fn version_entries(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        self.run(
+            "version_entries",
+            self.inner.version_entries(resource_type, id, version),
+        )
+        .await
+    }
+
+    async fn reindex(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+        searchable: Searchable,
+    ) -> Result<bool, IndexError> {
+        self.run(
+            "reindex",
+            self.inner.reindex(resource_type, id, version, searchable),
+        )
+        .await
+    }
+
+    async fn stale(
+        &self,
+        registry: u64,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, IndexError> {
+        self.run("stale", self.inner.stale(registry, after, limit))
             .await
     }
 

@@ -1,13 +1,15 @@
 //! The IndexStore seam: where every resource version is, and what can be searched.
 //!
 //! One row per resource version (`VersionRecord`: type, id, versionId, lastUpdated, deleted,
-//! CID, keyed digest, patient compartment), the search entries of current versions, and the
-//! wrapped data keys of the vault. Two implementations with the same behaviour: `embedded`
+//! CID, keyed digest, patient compartment), the search keys and entries of versions (only the
+//! current versions' keys are searched), and the wrapped data keys of the vault. Two implementations with the same behaviour: `embedded`
 //! (redb, the default) and `mongo` (the services profile). A commit is atomic and is the commit
 //! point of a write: the blob is already stored when it runs, so a crash before it leaves only
 //! an unreferenced blob, never a row pointing at nothing.
 //!
 //! The index never sees plaintext: only CIDs, keyed digests, ids and extracted search values.
+//! It does not interpret the search values either: it finds keys in ranges and returns entries
+//! as it got them; what they mean is the search room's.
 
 pub mod bounded;
 pub mod embedded;
@@ -53,12 +55,17 @@ impl VersionRecord {
     }
 }
 
-/// One value a search parameter takes in a resource; only current versions are searchable.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SearchEntry {
-    pub param: String,
-    /// The value in its index form (see `search::entries`), compared as a string.
-    pub value: String,
+/// What a version can be found by. The index keeps both parts without reading them: `keys`
+/// are the strings of its one search index (their format is `search::keys`'), `entries` the
+/// JSON of the version's search entries, handed back with each candidate so the search room
+/// can decide exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Searchable {
+    pub keys: Vec<String>,
+    pub entries: Vec<u8>,
+    /// A fingerprint of the parameter registry that made them: a reindex rebuilds those
+    /// made by another.
+    pub registry: u64,
 }
 
 /// A new version to make current, atomically.
@@ -68,7 +75,41 @@ pub struct Commit {
     /// The version this one replaces; `None` when the resource must not exist yet. A commit
     /// whose expectation no longer holds fails with `IndexError::Conflict`.
     pub replaces: Option<u64>,
-    pub entries: Vec<SearchEntry>,
+    /// Empty for a delete: a deleted resource cannot be found by search.
+    pub searchable: Searchable,
+}
+
+/// Current, not deleted, resources that may match a search: every resource that matches is
+/// among them (the search room decides which do), in (type, id) order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateQuery {
+    /// The types searched; empty: every type.
+    pub resource_types: Vec<String>,
+    /// `[from, to)` ranges, one of which some key of a candidate falls in; `None`: every
+    /// resource of the types.
+    pub key_ranges: Option<Vec<(String, String)>>,
+    /// Only resources in this patient's compartment.
+    pub patient: Option<String>,
+    /// Continue strictly after this (type, id).
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// One candidate: the current version's row, and its entries as committed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub record: VersionRecord,
+    pub entries: Vec<u8>,
+}
+
+/// The upper end of the degenerate range that is the one key `key`.
+pub fn equality_range(key: &str) -> (String, String) {
+    (key.to_owned(), format!("{key}\u{0}"))
+}
+
+/// Whether `[from, to)` is the degenerate range of one key (an equality a store can look up).
+pub fn as_equality<'a>(from: &'a str, to: &str) -> Option<&'a str> {
+    (to.len() == from.len() + 1 && to.starts_with(from) && to.ends_with('\u{0}')).then_some(from)
 }
 
 /// Which history.
@@ -209,6 +250,36 @@ pub trait IndexStore: Send + Sync {
 
     /// Every live record of a kind.
     async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError>;
+
+    /// Candidates of a search (see `CandidateQuery`), at most `limit`.
+    async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError>;
+
+    /// The search entries a version had when it was committed (`None`: no such version).
+    async fn version_entries(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, IndexError>;
+
+    /// Replaces the searchable part of the current version `version` (a reindex); `false`
+    /// when that version is no longer current (a newer write indexed itself).
+    async fn reindex(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+        searchable: Searchable,
+    ) -> Result<bool, IndexError>;
+
+    /// Current, not deleted, resources indexed with a registry other than `registry`, in
+    /// (type, id) order after `after`, at most `limit`: what a reindex has left to do.
+    async fn stale(
+        &self,
+        registry: u64,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, IndexError>;
 
     /// Deletes every record whose `expires_at` is at or before `now` (ms); returns how many.
     /// Expired records already read as absent; this is what keeps them from piling up.

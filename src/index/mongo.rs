@@ -5,9 +5,12 @@
 //!   (type, id, version) makes a duplicate version impossible even with concurrent writers;
 //!   indexes on (last_updated, type, id, version) and (type, last_updated, id, version) serve
 //!   system and type history, and one on `cid` the sweeper's question.
-//! - `current`: one document per resource, `_id` = `Type/id`, holding the current version and
-//!   its search entries (a multikey index on (type, entries.param, entries.value) for search).
-//!   A commit is a compare-and-set on this document.
+//! - `current`: one document per resource, `_id` = `Type/id`: the current version's record,
+//!   its search `keys` (one multikey index on (type, keys) serves every search: the
+//!   MongoDB-compatible server of the services profile uses an index for one equality, one
+//!   `$in` or one range, never for `$elemMatch`, `$and` or `$or`), its entries (`search`,
+//!   opaque bytes) and the registry fingerprint that made them. A commit is a compare-and-set
+//!   on this document.
 //! - `data_keys`: `_id` = owner, the wrapped data key.
 //! - `unreferenced`: `_id` = CID, `first_seen`: the sweeper's sightings.
 //! - `records`: `_id` = `kind|key`, the authorization server's small records.
@@ -30,8 +33,8 @@ use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method, Record, SearchEntry,
-    VersionRecord,
+    Candidate, CandidateQuery, Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method,
+    Record, Searchable, VersionRecord, as_equality,
 };
 
 const DEFAULT_DATABASE: &str = "intellihealth";
@@ -66,9 +69,12 @@ struct VersionDoc {
     digest: Option<String>,
     key_owner: Option<String>,
     patients: Vec<String>,
-    entries: Vec<SearchEntry>,
+    /// The version's search entries (absent in versions written before search existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    search: Option<bson::Binary>,
 }
 
+/// A `current` document: the current version's record, flattened, with what finds it.
 #[derive(Serialize, Deserialize)]
 struct CurrentDoc {
     #[serde(rename = "_id")]
@@ -77,7 +83,76 @@ struct CurrentDoc {
     resource_type: String,
     id: String,
     version: i64,
-    entries: Vec<SearchEntry>,
+    #[serde(default)]
+    last_updated: i64,
+    #[serde(default = "method_update")]
+    method: Method,
+    #[serde(default)]
+    cid: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    key_owner: Option<String>,
+    #[serde(default)]
+    patients: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    search: Option<bson::Binary>,
+    /// The registry fingerprint (as i64: BSON has no u64) that made `keys`; absent before
+    /// search existed, so such documents read as stale.
+    #[serde(default)]
+    registry: Option<i64>,
+}
+
+fn method_update() -> Method {
+    Method::Update
+}
+
+fn binary(bytes: &[u8]) -> bson::Binary {
+    bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    }
+}
+
+impl CurrentDoc {
+    fn from_commit(commit: &Commit) -> CurrentDoc {
+        let r = &commit.record;
+        CurrentDoc {
+            key: resource_key(&r.resource_type, &r.id),
+            resource_type: r.resource_type.clone(),
+            id: r.id.clone(),
+            version: r.version as i64,
+            last_updated: r.last_updated,
+            method: r.method,
+            cid: r.cid.clone(),
+            digest: r.digest.clone(),
+            key_owner: r.key_owner.clone(),
+            patients: r.patients.clone(),
+            keys: commit.searchable.keys.clone(),
+            search: Some(binary(&commit.searchable.entries)),
+            registry: Some(commit.searchable.registry as i64),
+        }
+    }
+
+    fn into_candidate(self) -> Candidate {
+        Candidate {
+            entries: self.search.map(|b| b.bytes).unwrap_or_default(),
+            record: VersionRecord {
+                resource_type: self.resource_type,
+                id: self.id,
+                version: self.version as u64,
+                last_updated: self.last_updated,
+                superseded_at: None,
+                method: self.method,
+                cid: self.cid,
+                digest: self.digest,
+                key_owner: self.key_owner,
+                patients: self.patients,
+            },
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -155,7 +230,7 @@ impl VersionDoc {
             digest: r.digest.clone(),
             key_owner: r.key_owner.clone(),
             patients: r.patients.clone(),
-            entries: commit.entries.clone(),
+            search: Some(binary(&commit.searchable.entries)),
         }
     }
 
@@ -275,9 +350,15 @@ impl MongoIndex {
             .create_indexes(versions)
             .await
             .map_err(unavailable)?;
-        let current = [IndexModel::builder()
-            .keys(doc! {"type": 1, "entries.param": 1, "entries.value": 1})
-            .build()];
+        let current = [
+            IndexModel::builder()
+                .keys(doc! {"type": 1, "keys": 1})
+                .build(),
+            // Type scans (a search with no narrowing criterion) and reindexing.
+            IndexModel::builder()
+                .keys(doc! {"type": 1, "_id": 1})
+                .build(),
+        ];
         self.current
             .create_indexes(current)
             .await
@@ -311,17 +392,10 @@ impl MongoIndex {
         let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
         let mut session = self.client.start_session().await?;
         session.start_transaction().write_concern(durable()).await?;
-        let entries = bson::to_bson(&commit.entries)?;
         let key = resource_key(rt, id);
+        let current = CurrentDoc::from_commit(commit);
         match commit.replaces {
             None => {
-                let current = CurrentDoc {
-                    key: key.clone(),
-                    resource_type: rt.to_owned(),
-                    id: id.to_owned(),
-                    version: record.version as i64,
-                    entries: commit.entries.clone(),
-                };
                 self.current
                     .insert_one(current)
                     .session(&mut session)
@@ -330,10 +404,7 @@ impl MongoIndex {
             Some(previous) => {
                 let swapped = self
                     .current
-                    .update_one(
-                        doc! {"_id": &key, "version": previous as i64},
-                        doc! {"$set": {"version": record.version as i64, "entries": entries}},
-                    )
+                    .replace_one(doc! {"_id": &key, "version": previous as i64}, current)
                     .session(&mut session)
                     .await?;
                 if swapped.matched_count == 0 {
@@ -447,16 +518,19 @@ impl IndexStore for MongoIndex {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<VersionRecord>, IndexError> {
-        // One round trip: the newest version document, by the unique (type, id, version)
-        // index. A commit writes it in the same transaction as its `current` swap, so the
-        // newest committed version is the current one.
+        // One round trip, a lookup by _id: the `current` document carries the current
+        // version's whole record. (One written before search existed carries only the version
+        // number; its record is then read from `versions`.)
         let found = self
-            .versions
-            .find_one(doc! {"type": resource_type, "id": id})
-            .sort(doc! {"type": 1, "id": 1, "version": -1})
+            .current
+            .find_one(doc! {"_id": resource_key(resource_type, id)})
             .await
             .map_err(unavailable)?;
-        Ok(found.map(VersionDoc::into_record))
+        match found {
+            None => Ok(None),
+            Some(doc) if doc.registry.is_some() => Ok(Some(doc.into_candidate().record)),
+            Some(doc) => self.version(resource_type, id, doc.version as u64).await,
+        }
     }
 
     async fn version(
@@ -618,6 +692,147 @@ impl IndexStore for MongoIndex {
             .map_err(unavailable)?;
         let docs: Vec<RecordDoc> = cursor.try_collect().await.map_err(unavailable)?;
         Ok(docs.into_iter().filter_map(|d| live(Some(d))).collect())
+    }
+
+    async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
+        // One index-backed key condition per query: several ranges are several queries,
+        // merged in _id order.
+        let conditions: Vec<Option<Document>> = match &query.key_ranges {
+            None => vec![None],
+            Some(ranges) => {
+                let equalities: Option<Vec<&str>> = ranges
+                    .iter()
+                    .map(|(from, to)| as_equality(from, to))
+                    .collect();
+                match equalities {
+                    Some(keys) => vec![Some(doc! {"keys": {"$in": keys}})],
+                    None => ranges
+                        .iter()
+                        .map(|(from, to)| Some(doc! {"keys": {"$gte": from, "$lt": to}}))
+                        .collect(),
+                }
+            }
+        };
+        let mut merged: std::collections::BTreeMap<String, CurrentDoc> = Default::default();
+        for condition in conditions {
+            let mut filter = match query.resource_types.as_slice() {
+                [one] => doc! {"type": one},
+                many => doc! {"type": {"$in": many}},
+            };
+            if let Some(condition) = condition {
+                filter.extend(condition);
+            }
+            if let Some(patient) = &query.patient {
+                filter.insert("patients", patient);
+            }
+            if let Some((rt, id)) = &query.after {
+                filter.insert("_id", doc! {"$gt": resource_key(rt, id)});
+            }
+            filter.insert("method", doc! {"$ne": "Delete"});
+            // Not yet indexed (written before search existed): found once reindexed.
+            filter.insert("registry", doc! {"$exists": true});
+            let cursor = self
+                .current
+                .find(filter)
+                .sort(doc! {"_id": 1})
+                .limit(query.limit as i64)
+                .await
+                .map_err(unavailable)?;
+            let docs: Vec<CurrentDoc> = cursor.try_collect().await.map_err(unavailable)?;
+            for doc in docs {
+                merged.insert(doc.key.clone(), doc);
+            }
+        }
+        Ok(merged
+            .into_values()
+            .take(query.limit)
+            .map(CurrentDoc::into_candidate)
+            .collect())
+    }
+
+    async fn version_entries(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        let found = self
+            .versions
+            .find_one(doc! {"_id": version_key(resource_type, id, version)})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(|v| v.search.map(|b| b.bytes).unwrap_or_default()))
+    }
+
+    async fn reindex(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+        searchable: Searchable,
+    ) -> Result<bool, IndexError> {
+        let search = binary(&searchable.entries);
+        let updated = self
+            .current
+            .update_one(
+                doc! {"_id": resource_key(resource_type, id), "version": version as i64},
+                doc! {"$set": {
+                    "keys": &searchable.keys,
+                    "search": search.clone(),
+                    "registry": searchable.registry as i64,
+                }},
+            )
+            .await
+            .map_err(unavailable)?;
+        if updated.matched_count == 0 {
+            return Ok(false);
+        }
+        self.versions
+            .update_one(
+                doc! {"_id": version_key(resource_type, id, version)},
+                doc! {"$set": {"search": search}},
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn stale(
+        &self,
+        registry: u64,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, IndexError> {
+        let mut filter = doc! {
+            "registry": {"$ne": registry as i64},
+            "method": {"$ne": "Delete"},
+        };
+        if let Some((rt, id)) = &after {
+            filter.insert("_id", doc! {"$gt": resource_key(rt, id)});
+        }
+        let cursor = self
+            .current
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?;
+        let docs: Vec<CurrentDoc> = cursor.try_collect().await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in docs {
+            // Written before search existed: the record is in `versions` only.
+            if doc.cid.is_none() {
+                if let Some(record) = self
+                    .version(&doc.resource_type, &doc.id, doc.version as u64)
+                    .await?
+                {
+                    out.push(record);
+                }
+            } else {
+                out.push(doc.into_candidate().record);
+            }
+        }
+        Ok(out)
     }
 
     async fn purge_expired(&self, now: i64) -> Result<usize, IndexError> {

@@ -38,6 +38,13 @@ pub enum RepoError {
     /// Stored data failed a check (CID, AEAD tag, digest): the server's fault, never the client's.
     #[error("stored data failed an integrity check: {0}")]
     Integrity(String),
+    /// A search that cannot run as asked (a malformed value, an unsupported parameter under
+    /// strict handling, or more work than a search may ask for).
+    #[error(transparent)]
+    Search(#[from] crate::search::query::QueryError),
+    /// A later page of a search whose results changed too much since its first page.
+    #[error("{0}")]
+    SearchExpired(String),
     /// Index conflicts surface here only until the repository decides what they mean.
     #[error(transparent)]
     Index(IndexError),

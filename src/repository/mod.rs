@@ -17,6 +17,7 @@
 mod authorize;
 mod error;
 mod read;
+pub mod search;
 pub mod sweep;
 mod write;
 
@@ -30,7 +31,10 @@ use crate::fhir::json::Json;
 use crate::fhir::resource::{self, ResourceType};
 use crate::fhir::validate::{self, Handling};
 use crate::fhir::{FhirError, Issue};
-use crate::index::{IndexStore, VersionRecord};
+use crate::index::{IndexStore, Searchable, VersionRecord};
+use crate::search::entries::extract;
+use crate::search::keys::keys_of;
+use crate::search::params::Registry;
 use crate::vault::blob::{BlobError, BlobStore};
 use crate::vault::{Vault, VaultError, aad_for};
 
@@ -38,6 +42,9 @@ pub struct Repository {
     index: Arc<dyn IndexStore>,
     blobs: Arc<dyn BlobStore>,
     vault: Arc<Vault>,
+    /// The search parameters in force (official, plus custom ones); swapped whole when a
+    /// custom parameter is added.
+    registry: std::sync::RwLock<Arc<Registry>>,
 }
 
 /// One resource version with its content (none for a delete).
@@ -76,6 +83,25 @@ impl Repository {
             index,
             blobs,
             vault,
+            registry: std::sync::RwLock::new(Arc::new(Registry::with_custom(&[]))),
+        }
+    }
+
+    /// The search parameters in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Puts `registry` in force (custom parameters changed); resources indexed under the
+    /// previous one are stale until reindexed.
+    pub fn set_registry(&self, registry: Registry) {
+        let registry = Arc::new(registry);
+        match self.registry.write() {
+            Ok(mut slot) => *slot = registry,
+            Err(poisoned) => *poisoned.into_inner() = registry,
         }
     }
 
@@ -123,6 +149,29 @@ async fn prepare(
         Ok((resource, warnings))
     })
     .await
+}
+
+/// What a resource version is found by under `registry`: its entries and their keys. Run on
+/// the blocking pool for a large resource (a Bundle of thousands of entries).
+async fn searchable(
+    registry: Arc<Registry>,
+    resource_type: ResourceType,
+    resource: &Json,
+    size: usize,
+) -> Searchable {
+    let make = move |registry: &Registry, resource: &Json| {
+        let entries = extract(registry, resource_type.as_str(), resource);
+        Searchable {
+            keys: keys_of(&entries),
+            entries: serde_json::to_vec(&entries).unwrap_or_default(),
+            registry: registry.fingerprint(),
+        }
+    };
+    if size <= crate::cpu::INLINE_LIMIT {
+        return make(&registry, resource);
+    }
+    let resource = resource.clone();
+    crate::cpu::blocking(move || make(&registry, &resource)).await
 }
 
 impl From<AuthError> for RepoError {

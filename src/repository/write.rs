@@ -163,6 +163,8 @@ impl Repository {
         }
         let key_owner = compartment.key_owner();
         let content = Arc::new(resource.to_bytes());
+        let searchable =
+            super::searchable(self.registry(), resource_type, resource, content.len()).await;
         let aad = aad_for(resource_type.as_str(), id, version);
         let sealed = self.vault.seal(&key_owner, &aad, content.clone()).await?;
         let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());
@@ -182,7 +184,7 @@ impl Repository {
         let commit = Commit {
             record: record.clone(),
             replaces: current.map(|r| r.version),
-            entries: Vec::new(),
+            searchable,
         };
         self.index.commit(commit).await?;
         Ok(ResourceVersion {
@@ -235,7 +237,7 @@ impl Repository {
             let commit = Commit {
                 record: record.clone(),
                 replaces: Some(current.version),
-                entries: Vec::new(),
+                searchable: Default::default(),
             };
             match self.index.commit(commit).await {
                 Ok(()) => return Ok(Some(record)),

@@ -62,6 +62,22 @@ fn membership_params() -> &'static HashMap<String, Vec<String>> {
     })
 }
 
+/// The resource types that can be in a patient's compartment (the Patient itself included).
+pub fn compartment_types() -> Vec<crate::fhir::resource::ResourceType> {
+    let mut types: Vec<crate::fhir::resource::ResourceType> = membership_params()
+        .iter()
+        .filter(|(_, params)| !params.is_empty())
+        .filter_map(|(code, _)| crate::fhir::resource::ResourceType::parse(code).ok())
+        .collect();
+    if let Ok(patient) = crate::fhir::resource::ResourceType::parse("Patient")
+        && !types.contains(&patient)
+    {
+        types.push(patient);
+    }
+    types.sort();
+    types
+}
+
 /// Computes the patient compartment of `resource` (of type `resource_type`, with id `id`).
 pub fn patient_compartment(resource_type: &str, id: &str, resource: &Json) -> Compartment {
     let mut patients: Vec<String> = Vec::new();

@@ -5,7 +5,11 @@
 //! Must not touch storage or keys: it reads resources and returns values.
 
 pub mod compartment;
+pub mod entries;
 pub mod fhirpath;
+pub mod keys;
 pub mod params;
+pub mod plan;
+pub mod query;
 
 pub use compartment::Compartment;

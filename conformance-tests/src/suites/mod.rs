@@ -8,6 +8,7 @@ pub mod examples;
 pub mod history;
 pub mod metadata;
 pub mod negotiation;
+pub mod search;
 pub mod smart;
 
 use serde_json::{Value, json};

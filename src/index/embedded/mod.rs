@@ -1,11 +1,14 @@
 //! The embedded IndexStore: one redb file (`DIR/index.redb`), zero setup.
 //!
 //! Tables (worked examples in ARCHITECTURE.md):
-//! - `versions`: (type, id, version) → `VersionRecord` as JSON, plus the version's search entries;
+//! - `versions`: (type, id, version) → `VersionRecord` as JSON;
+//! - `entries`: (type, id, version) → the version's search entries (opaque bytes);
 //! - `current`: (type, id) → the newest version number;
 //! - `history`: (lastUpdated, type, id, version) → (), the system history order;
 //! - `type_history`: (type, lastUpdated, id, version) → (), each type's history order;
-//! - `search`: (type, param, value, id) → (), entries of current versions only;
+//! - `search_keys`: (type, key, id) → (), the keys of current versions (the search index);
+//! - `current_keys`: (type, id) → the keys `search_keys` holds for it (to remove them);
+//! - `indexed_with`: (type, id) → the registry fingerprint its keys were made with;
 //! - `cids`: CID → (), every CID a version references (the sweeper's question);
 //! - `data_keys`: owner → wrapped data key;
 //! - `unreferenced`: CID → when the sweeper first saw it unreferenced;
@@ -27,7 +30,10 @@ use async_trait::async_trait;
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Commit, HistoryQuery, IndexError, IndexStore, Record, SearchEntry, VersionRecord};
+use super::{
+    Candidate, CandidateQuery, Commit, HistoryQuery, IndexError, IndexStore, Record, Searchable,
+    VersionRecord,
+};
 use writer::{RecordOp, WriteOp, run_writer};
 
 const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
@@ -35,18 +41,22 @@ const CURRENT: TableDefinition<(&str, &str), u64> = TableDefinition::new("curren
 const HISTORY: TableDefinition<(i64, &str, &str, u64), ()> = TableDefinition::new("history");
 const TYPE_HISTORY: TableDefinition<(&str, i64, &str, u64), ()> =
     TableDefinition::new("type_history");
-const SEARCH: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("search");
+/// The search index: (type, key, id).
+const SEARCH_KEYS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("search_keys");
+const CURRENT_KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("current_keys");
+const INDEXED_WITH: TableDefinition<(&str, &str), u64> = TableDefinition::new("indexed_with");
+const ENTRIES: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("entries");
 const CIDS: TableDefinition<&str, ()> = TableDefinition::new("cids");
 const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
 const UNREFERENCED: TableDefinition<&str, i64> = TableDefinition::new("unreferenced");
 /// (kind, key) → `Record` as JSON.
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
-/// What is stored per version: the record and the search entries it had when current.
+/// What is stored per version. (Rows written before search existed also carry an empty
+/// `entries` list, which is ignored.)
 #[derive(Serialize, Deserialize)]
 struct StoredVersion {
     record: VersionRecord,
-    entries: Vec<SearchEntry>,
 }
 
 pub struct EmbeddedIndex {
@@ -77,7 +87,10 @@ impl EmbeddedIndex {
             txn.open_table(CURRENT).map_err(unavailable)?;
             txn.open_table(HISTORY).map_err(unavailable)?;
             txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
-            txn.open_table(SEARCH).map_err(unavailable)?;
+            txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
+            txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
+            txn.open_table(INDEXED_WITH).map_err(unavailable)?;
+            txn.open_table(ENTRIES).map_err(unavailable)?;
             txn.open_table(CIDS).map_err(unavailable)?;
             txn.open_table(DATA_KEYS).map_err(unavailable)?;
             txn.open_table(UNREFERENCED).map_err(unavailable)?;
@@ -214,6 +227,44 @@ impl IndexStore for EmbeddedIndex {
     async fn list_records(&self, kind: &str) -> Result<Vec<Record>, IndexError> {
         let kind = kind.to_owned();
         self.read(move |db| reads::list_records(db, &kind)).await
+    }
+
+    async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
+        let query = query.clone();
+        self.read(move |db| reads::candidates(db, &query)).await
+    }
+
+    async fn version_entries(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        let (rt, id) = (resource_type.to_owned(), id.to_owned());
+        self.read(move |db| reads::version_entries(db, &rt, &id, version))
+            .await
+    }
+
+    async fn reindex(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+        searchable: Searchable,
+    ) -> Result<bool, IndexError> {
+        let (rt, id) = (resource_type.to_owned(), id.to_owned());
+        self.write(move |txn| writer::apply_reindex(txn, &rt, &id, version, &searchable))
+            .await
+    }
+
+    async fn stale(
+        &self,
+        registry: u64,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, IndexError> {
+        self.read(move |db| reads::stale(db, registry, after.as_ref(), limit))
+            .await
     }
 
     async fn purge_expired(&self, now: i64) -> Result<usize, IndexError> {

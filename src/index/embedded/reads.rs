@@ -5,11 +5,16 @@
 
 use redb::{Database, ReadableDatabase};
 
+use std::collections::BTreeSet;
+
 use super::{
-    CIDS, CURRENT, DATA_KEYS, HISTORY, RECORDS, TYPE_HISTORY, VERSIONS, decode, decode_record,
-    unavailable,
+    CIDS, CURRENT, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, SEARCH_KEYS, TYPE_HISTORY,
+    VERSIONS, decode, decode_record, unavailable,
 };
-use crate::index::{HistoryCursor, HistoryQuery, HistoryScope, IndexError, Record, VersionRecord};
+use crate::index::{
+    Candidate, CandidateQuery, HistoryCursor, HistoryQuery, HistoryScope, IndexError, Record,
+    VersionRecord,
+};
 
 pub(super) fn version(
     db: &Database,
@@ -180,6 +185,170 @@ pub(super) fn list_records(db: &Database, kind: &str) -> Result<Vec<Record>, Ind
         let record = decode_record(value.value())?;
         if record.live_at(now) {
             out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn version_entries(
+    db: &Database,
+    resource_type: &str,
+    id: &str,
+    version: u64,
+) -> Result<Option<Vec<u8>>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+    let row = entries
+        .get((resource_type, id, version))
+        .map_err(unavailable)?;
+    Ok(row.map(|v| v.value().to_vec()))
+}
+
+/// Candidates: ids from the key ranges (or every current resource of a type), then each one's
+/// current row and entries, in (type, id) order, all from one read transaction.
+pub(super) fn candidates(
+    db: &Database,
+    query: &CandidateQuery,
+) -> Result<Vec<Candidate>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let current = txn.open_table(CURRENT).map_err(unavailable)?;
+    let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+    let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+    let search = txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
+    let indexed = txn.open_table(INDEXED_WITH).map_err(unavailable)?;
+    let mut types: Vec<&str> = query.resource_types.iter().map(String::as_str).collect();
+    types.sort_unstable();
+    types.dedup();
+    let after = query.after.as_ref();
+    let mut out = Vec::new();
+    for rt in types {
+        if after.is_some_and(|(after_type, _)| rt < after_type.as_str()) {
+            continue;
+        }
+        let after_id = after.filter(|(t, _)| t == rt).map(|(_, id)| id.as_str());
+        // The ids to look at, in order.
+        let ids: Vec<(String, u64)> = match &query.key_ranges {
+            Some(ranges) => {
+                let mut ids = BTreeSet::new();
+                for (from, to) in ranges {
+                    let rows = search
+                        .range((rt, from.as_str(), "")..(rt, to.as_str(), ""))
+                        .map_err(unavailable)?;
+                    for row in rows {
+                        let (key, _) = row.map_err(unavailable)?;
+                        let id = key.value().2;
+                        if after_id.is_none_or(|a| id > a) {
+                            ids.insert(id.to_owned());
+                        }
+                    }
+                }
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(version) = current.get((rt, id.as_str())).map_err(unavailable)? {
+                        out.push((id, version.value()));
+                    }
+                }
+                out
+            }
+            None => {
+                let start = (rt, after_id.unwrap_or(""));
+                let rows = current
+                    .range(start..(rt, "\u{10ffff}"))
+                    .map_err(unavailable)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (key, version) = row.map_err(unavailable)?;
+                    let id = key.value().1;
+                    if after_id.is_some_and(|a| id <= a) {
+                        continue;
+                    }
+                    // Not yet indexed (written before search existed): found once reindexed.
+                    if indexed.get((rt, id)).map_err(unavailable)?.is_none() {
+                        continue;
+                    }
+                    out.push((id.to_owned(), version.value()));
+                }
+                out
+            }
+        };
+        for (id, version) in ids {
+            let Some(row) = versions
+                .get((rt, id.as_str(), version))
+                .map_err(unavailable)?
+            else {
+                return Err(IndexError::Corrupt(format!(
+                    "{rt}/{id}/{version} has no row"
+                )));
+            };
+            let record = decode(row.value())?.record;
+            if record.deleted() {
+                continue;
+            }
+            if let Some(patient) = &query.patient
+                && !record.patients.iter().any(|p| p == patient)
+            {
+                continue;
+            }
+            let found = entries
+                .get((rt, id.as_str(), version))
+                .map_err(unavailable)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            out.push(Candidate {
+                record,
+                entries: found,
+            });
+            if out.len() >= query.limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Current resources whose keys were made by another registry.
+pub(super) fn stale(
+    db: &Database,
+    registry: u64,
+    after: Option<&(String, String)>,
+    limit: usize,
+) -> Result<Vec<VersionRecord>, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let current = txn.open_table(CURRENT).map_err(unavailable)?;
+    let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+    let indexed = txn.open_table(INDEXED_WITH).map_err(unavailable)?;
+    let rows = match after {
+        Some((rt, id)) => current.range((rt.as_str(), id.as_str())..),
+        None => current.range::<(&str, &str)>(..),
+    }
+    .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, version) = row.map_err(unavailable)?;
+        let (rt, id) = key.value();
+        if after.is_some_and(|(a_rt, a_id)| (rt, id) == (a_rt.as_str(), a_id.as_str())) {
+            continue;
+        }
+        let made_with = indexed
+            .get((rt, id))
+            .map_err(unavailable)?
+            .map(|v| v.value());
+        if made_with == Some(registry) {
+            continue;
+        }
+        let Some(row) = versions
+            .get((rt, id, version.value()))
+            .map_err(unavailable)?
+        else {
+            continue;
+        };
+        let record = decode(row.value())?.record;
+        if record.deleted() {
+            continue;
+        }
+        out.push(record);
+        if out.len() >= limit {
+            break;
         }
     }
     Ok(out)

@@ -7,10 +7,10 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::{
-    CIDS, CURRENT, DATA_KEYS, HISTORY, RECORDS, SEARCH, StoredVersion, TYPE_HISTORY, UNREFERENCED,
-    VERSIONS, decode, decode_record, unavailable,
+    CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, SEARCH_KEYS,
+    StoredVersion, TYPE_HISTORY, UNREFERENCED, VERSIONS, decode, decode_record, unavailable,
 };
-use crate::index::{Commit, IndexError, Record};
+use crate::index::{Commit, IndexError, Record, Searchable};
 
 /// Most operations folded into one transaction; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -180,7 +180,6 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
     let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
     let mut current = txn.open_table(CURRENT).map_err(unavailable)?;
     let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-    let mut search = txn.open_table(SEARCH).map_err(unavailable)?;
     let existing = current
         .get((rt, id))
         .map_err(unavailable)?
@@ -195,11 +194,6 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
             .map(|v| v.value().to_vec())
             .ok_or_else(|| IndexError::Corrupt(format!("{rt}/{id} lost version {previous}")))?;
         let mut stored = decode(&bytes)?;
-        for entry in &stored.entries {
-            search
-                .remove((rt, entry.param.as_str(), entry.value.as_str(), id))
-                .map_err(unavailable)?;
-        }
         stored.record.superseded_at = Some(record.last_updated);
         let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
         versions
@@ -208,7 +202,6 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
     }
     let stored = StoredVersion {
         record: record.clone(),
-        entries: commit.entries.clone(),
     };
     let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
     versions
@@ -217,11 +210,14 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
     current
         .insert((rt, id), record.version)
         .map_err(unavailable)?;
-    for entry in &commit.entries {
-        search
-            .insert((rt, entry.param.as_str(), entry.value.as_str(), id), ())
-            .map_err(unavailable)?;
-    }
+    let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+    entries
+        .insert(
+            (rt, id, record.version),
+            commit.searchable.entries.as_slice(),
+        )
+        .map_err(unavailable)?;
+    replace_keys(txn, rt, id, &commit.searchable)?;
     let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
     history
         .insert((record.last_updated, rt, id, record.version), ())
@@ -235,6 +231,64 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
         cids.insert(cid.as_str(), ()).map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// Makes `searchable`'s keys the ones `Type/id` is found by, removing the previous ones.
+fn replace_keys(
+    txn: &WriteTransaction,
+    rt: &str,
+    id: &str,
+    searchable: &Searchable,
+) -> Result<(), IndexError> {
+    let mut search = txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
+    let mut current_keys = txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
+    let previous: Vec<String> = match current_keys.get((rt, id)).map_err(unavailable)? {
+        Some(bytes) => serde_json::from_slice(bytes.value())
+            .map_err(|e| IndexError::Corrupt(format!("the keys of {rt}/{id}: {e}")))?,
+        None => Vec::new(),
+    };
+    for key in &previous {
+        search.remove((rt, key.as_str(), id)).map_err(unavailable)?;
+    }
+    for key in &searchable.keys {
+        search
+            .insert((rt, key.as_str(), id), ())
+            .map_err(unavailable)?;
+    }
+    let keys = serde_json::to_vec(&searchable.keys).map_err(unavailable)?;
+    current_keys
+        .insert((rt, id), keys.as_slice())
+        .map_err(unavailable)?;
+    let mut indexed = txn.open_table(INDEXED_WITH).map_err(unavailable)?;
+    indexed
+        .insert((rt, id), searchable.registry)
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// A reindex of the current version `version`; `false` when it is no longer current.
+pub(super) fn apply_reindex(
+    txn: &WriteTransaction,
+    rt: &str,
+    id: &str,
+    version: u64,
+    searchable: &Searchable,
+) -> Result<bool, IndexError> {
+    let current = txn.open_table(CURRENT).map_err(unavailable)?;
+    let newest = current
+        .get((rt, id))
+        .map_err(unavailable)?
+        .map(|v| v.value());
+    drop(current);
+    if newest != Some(version) {
+        return Ok(false);
+    }
+    let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+    entries
+        .insert((rt, id, version), searchable.entries.as_slice())
+        .map_err(unavailable)?;
+    replace_keys(txn, rt, id, searchable)?;
+    Ok(true)
 }
 
 pub(super) fn apply_insert_key(

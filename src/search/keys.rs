@@ -1,0 +1,158 @@
+//! Index keys: each entry as the strings both index stores keep in one ordered, multi-valued
+//! index, so that every search condition a store is asked to use is a single equality, a set of
+//! equalities or a single range over that one index (the MongoDB-compatible server the
+//! services profile runs on uses an index for exactly those, never for an `$elemMatch`, an
+//! `$and` or an `$or` of them).
+//!
+//! A key is `param ␁ form ␁ value` (␁ = U+0001, which FHIR strings cannot contain):
+//!
+//! | entry | form | value |
+//! |---|---|---|
+//! | string | `n` | folded text (prefix: a range) |
+//! | string | `x` | exact text |
+//! | token | `c` | code (any system) |
+//! | token | `sc` | system ␁ code |
+//! | token | `s` | system (`system|`) |
+//! | token | `nc` | code, when the coding has no system (`|code`) |
+//! | text of a token | `t` | folded text |
+//! | identifier of a type | `o` | type system ␁ type code ␁ value |
+//! | reference | `r` | `Type/id`, or the URL |
+//! | reference | `id` | the id alone, for a bare `param=id` |
+//! | reference identifier | `i` | system ␁ value, and `iv` value |
+//! | range, quantity | `lo`, `hi` | the bound, order-preserving hex |
+//! | quantity | `uc` | unit code |
+//! | uri | `u` | the URI |
+//! | composite | (its first component's keys) | |
+//! | any value | `_` | (empty): the parameter is present, for `:missing` |
+//!
+//! Keys only narrow: the entries decide. Every store condition is built so that a resource
+//! matching the search has a key that meets it (a superset); the exact semantics (date
+//! precision, prefixes, `:not`, composites) are then checked on the entries themselves.
+//!
+//! Must not touch storage.
+
+use super::entries::{SearchEntry, Value};
+
+/// The separator inside a key.
+pub const SEP: char = '\u{1}';
+
+/// A key of `param` in `form` with `value`.
+pub fn key(param: &str, form: &str, value: &str) -> String {
+    format!("{param}{SEP}{form}{SEP}{value}")
+}
+
+/// The first key past every key starting with `prefix`: `[prefix, end)` is a prefix range.
+pub fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// An order-preserving text form of a number: 16 hex digits whose string order is the
+/// numbers' order (negative numbers included).
+pub fn encode_number(value: f64) -> String {
+    let bits = value.to_bits();
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    format!("{ordered:016x}")
+}
+
+fn token_keys(param: &str, s: Option<&str>, c: Option<&str>, out: &mut Vec<String>) {
+    if let Some(code) = c {
+        out.push(key(param, "c", code));
+        match s {
+            Some(system) => out.push(key(param, "sc", &format!("{system}{SEP}{code}"))),
+            None => out.push(key(param, "nc", code)),
+        }
+    }
+    if let Some(system) = s {
+        out.push(key(param, "s", system));
+    }
+}
+
+fn value_keys(param: &str, value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Str { n, x } => {
+            out.push(key(param, "n", n));
+            out.push(key(param, "x", x));
+        }
+        Value::Token { s, c } => token_keys(param, s.as_deref(), c.as_deref(), out),
+        Value::Text { n } => out.push(key(param, "t", n)),
+        Value::OfType { s, c, v } => out.push(key(param, "o", &format!("{s}{SEP}{c}{SEP}{v}"))),
+        Value::Ref { r, .. } => {
+            out.push(key(param, "r", r));
+            if let Some((_, id)) = r.rsplit_once('/') {
+                out.push(key(param, "id", id));
+            }
+        }
+        Value::RefIdentifier { s, v } => {
+            out.push(key(param, "iv", v));
+            if let Some(s) = s {
+                out.push(key(param, "i", &format!("{s}{SEP}{v}")));
+            }
+        }
+        Value::Range { lo, hi } => {
+            out.push(key(param, "lo", &encode_number(*lo)));
+            out.push(key(param, "hi", &encode_number(*hi)));
+        }
+        Value::Quantity { lo, hi, c, .. } => {
+            out.push(key(param, "lo", &encode_number(*lo)));
+            out.push(key(param, "hi", &encode_number(*hi)));
+            if let Some(code) = c {
+                out.push(key(param, "uc", code));
+            }
+        }
+        Value::Uri { u } => out.push(key(param, "u", u)),
+        Value::Composite { parts } => {
+            for first in parts.first().into_iter().flatten() {
+                value_keys(param, first, out);
+            }
+        }
+    }
+}
+
+/// Every key of a resource's entries, sorted, without repeats.
+pub fn keys_of(entries: &[SearchEntry]) -> Vec<String> {
+    let mut out = Vec::with_capacity(entries.len() * 3);
+    for entry in entries {
+        out.push(key(&entry.param, "_", ""));
+        value_keys(&entry.param, &entry.value, &mut out);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_sort_as_their_text() {
+        let values = [
+            -1.0e300, -5.5, -1.0, -0.0, 0.0, 1.0e-9, 1.0, 99.5, 100.0, 1.0e15, 1.0e300,
+        ];
+        let encoded: Vec<String> = values.iter().map(|v| encode_number(*v)).collect();
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(sorted, encoded);
+    }
+
+    #[test]
+    fn tokens_have_every_form_a_search_needs() {
+        let entries = [SearchEntry {
+            param: "code".into(),
+            value: Value::Token {
+                s: Some("http://loinc.org".into()),
+                c: Some("1234-5".into()),
+            },
+        }];
+        let keys = keys_of(&entries);
+        assert!(keys.contains(&key("code", "c", "1234-5")));
+        assert!(keys.contains(&key("code", "sc", "http://loinc.org\u{1}1234-5")));
+        assert!(keys.contains(&key("code", "s", "http://loinc.org")));
+        assert!(keys.contains(&key("code", "_", "")));
+        assert!(!keys.iter().any(|k| k.contains(&format!("{SEP}nc{SEP}"))));
+    }
+}
