@@ -42,6 +42,16 @@ pub enum AdminRequest {
     Sweep {
         grace_secs: u64,
     },
+    /// Rebuilds the search entries made under another parameter registry; progress lines
+    /// (`AdminProgress`) come before the reply.
+    Reindex,
+}
+
+/// A progress line of a long request, before its reply.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct AdminProgress {
+    pub done: usize,
+    pub total: usize,
 }
 
 /// The answer: what happened, in words for the operator.
@@ -127,6 +137,41 @@ async fn answer(stream: UnixStream, state: &AdminState) -> std::io::Result<()> {
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
     reader.read_line(&mut line).await?;
     let reply = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(AdminRequest::Reindex) => {
+            // Progress goes out as it comes; the reply follows.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AdminProgress>();
+            let writer = tokio::spawn(async move {
+                while let Some(progress) = rx.recv().await {
+                    let mut bytes = serde_json::to_vec(&progress).unwrap_or_default();
+                    bytes.push(b'\n');
+                    if write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                write
+            });
+            let result = state
+                .repo
+                .reindex_stale(|p| {
+                    let _ = tx.send(AdminProgress {
+                        done: p.done,
+                        total: p.total,
+                    });
+                })
+                .await;
+            drop(tx);
+            write = writer.await.map_err(std::io::Error::other)?;
+            match result {
+                Ok(p) => AdminReply {
+                    ok: true,
+                    message: format!("reindexed {} resources", p.done),
+                },
+                Err(e) => AdminReply {
+                    ok: false,
+                    message: e.to_string(),
+                },
+            }
+        }
         Ok(request) => execute(request, state).await,
         Err(e) => AdminReply {
             ok: false,
@@ -173,6 +218,12 @@ pub async fn execute(request: AdminRequest, state: &AdminState) -> AdminReply {
             })
             .map_err(|e| e.to_string()),
         AdminRequest::Sweep { grace_secs } => sweep(&state.repo, grace_secs).await,
+        AdminRequest::Reindex => state
+            .repo
+            .reindex_stale(|_| {})
+            .await
+            .map(|p| format!("reindexed {} resources", p.done))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(message) => AdminReply { ok: true, message },
@@ -197,22 +248,34 @@ pub async fn sweep(repo: &Repository, grace_secs: u64) -> Result<String, String>
 }
 
 /// Sends `request` to the server running on `data_dir`, if one answers there. `None` when no
-/// server is listening (the caller then acts on the stores itself).
-pub async fn send(data_dir: &Path, request: &AdminRequest) -> Option<Result<AdminReply, String>> {
+/// server is listening (the caller then acts on the stores itself). Progress lines, if the
+/// request sends any, go to `progress`.
+pub async fn send(
+    data_dir: &Path,
+    request: &AdminRequest,
+    progress: impl FnMut(AdminProgress),
+) -> Option<Result<AdminReply, String>> {
     let path = socket_path(data_dir);
     let stream = UnixStream::connect(&path).await.ok()?;
-    Some(exchange(stream, request).await)
+    Some(exchange(stream, request, progress).await)
 }
 
-async fn exchange(stream: UnixStream, request: &AdminRequest) -> Result<AdminReply, String> {
+async fn exchange(
+    stream: UnixStream,
+    request: &AdminRequest,
+    mut progress: impl FnMut(AdminProgress),
+) -> Result<AdminReply, String> {
     let (read, mut write) = stream.into_split();
     let mut bytes = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     bytes.push(b'\n');
     write.write_all(&bytes).await.map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(read)
-        .read_line(&mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("the server answered oddly: {e}"))
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if let Ok(p) = serde_json::from_str::<AdminProgress>(&line) {
+            progress(p);
+            continue;
+        }
+        return serde_json::from_str(&line).map_err(|e| format!("the server answered oddly: {e}"));
+    }
+    Err("the server closed the connection without an answer".into())
 }

@@ -63,6 +63,8 @@ pub enum StartupError {
     Blobs(String),
     #[error("authorization server: {0}")]
     Auth(String),
+    #[error("search parameters: {0}")]
+    Search(String),
 }
 
 /// The stores of the configured profile, and the vault over them.
@@ -181,6 +183,20 @@ where
 /// Builds the state the router serves.
 pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     let stores = open_stores(config).await?;
+    if let Some(dir) = &config.search_parameters {
+        let files =
+            crate::repository::reindex::read_parameter_files(dir).map_err(StartupError::Search)?;
+        tracing::info!(count = files.len(), "custom search parameters from files");
+        stores.repo.set_parameter_files(files);
+    }
+    stores
+        .repo
+        .refresh_registry()
+        .await
+        .map_err(|e| StartupError::Search(e.to_string()))?;
+    for unsupported in stores.repo.registry().unsupported() {
+        tracing::info!("search parameter not offered: {unsupported}");
+    }
     let auth = Arc::new(auth_server(config, &stores).await?);
     Ok(HttpState {
         repo: stores.repo,
@@ -251,6 +267,10 @@ pub async fn serve(
             },
         )));
     }
+    tasks.push(tokio::spawn(keep_indexed(
+        state.repo.clone(),
+        stopped.clone(),
+    )));
     let repo = state.repo.clone();
     tasks.push(tokio::spawn(periodic(
         RECORD_PURGE_INTERVAL,
@@ -311,6 +331,48 @@ pub async fn serve(
         admin::unbind(dir);
     }
     served
+}
+
+/// Keeps every resource indexed under the registry in force: reindexes what is stale at start
+/// (an upgrade, custom parameters changed while stopped), and again whenever another replica
+/// changed the registry. Progress is logged; a failed round is retried at the next poll.
+async fn keep_indexed(repo: Arc<Repository>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    // Whether to look for stale resources this round: at start, after the registry changed,
+    // and after a round that did not finish.
+    let mut look = true;
+    loop {
+        match repo.refresh_registry().await {
+            Ok(changed) => look |= changed,
+            Err(e) => tracing::warn!("the search parameter registry could not be refreshed: {e}"),
+        }
+        if look {
+            let stale = repo.stale_count().await.unwrap_or(0);
+            if stale > 0 {
+                tracing::info!(
+                    stale,
+                    "reindexing resources indexed under other search parameters"
+                );
+            }
+            let mut logged = 0usize;
+            let reindex = repo.reindex_stale(|p| {
+                if p.total > 0 && (p.done >= logged + 10_000 || p.done == p.total) {
+                    tracing::info!(done = p.done, total = p.total, "reindexing");
+                    logged = p.done;
+                }
+            });
+            tokio::select! {
+                result = reindex => match result {
+                    Ok(_) => look = false,
+                    Err(e) => tracing::warn!("reindexing stopped: {e}; it resumes at the next poll"),
+                },
+                _ = stopped.changed() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::repository::reindex::REGISTRY_POLL) => {}
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 /// Runs `work` every `interval` (the first time after one interval) until `stopped`.

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// `strict` refuses the search with 400.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_HANDLING", value_parser = ["lenient", "strict"])]
     pub search_handling: Option<String>,
+    /// A directory of custom SearchParameter files (.json: a SearchParameter or a Bundle of
+    /// them), searchable beside the official ones.
+    #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
+    pub search_parameters: Option<PathBuf>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -92,6 +96,7 @@ struct FileConfig {
     sweep_grace_secs: Option<u64>,
     metrics_listen: Option<String>,
     search_handling: Option<String>,
+    search_parameters: Option<PathBuf>,
 }
 
 /// Where the master key comes from.
@@ -173,6 +178,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// The default handling of unknown search parameters.
     pub search_handling: crate::search::query::Strictness,
+    /// A directory of custom SearchParameter files.
+    pub search_parameters: Option<PathBuf>,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
     /// environment only); `None` turns registration off.
     pub admin_token: Option<AdminToken>,
@@ -326,6 +333,7 @@ impl Config {
                     ));
                 }
             },
+            search_parameters: args.search_parameters.clone().or(file.search_parameters),
             admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())

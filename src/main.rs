@@ -52,6 +52,18 @@ enum Command {
     /// Manage the token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Rebuild the search entries made under another set of search parameters (after custom
+    /// parameters changed, or an upgrade), with progress; stopped, it resumes where it was.
+    Reindex(ReindexArgs),
+}
+
+#[derive(clap::Args)]
+struct ReindexArgs {
+    /// A directory of custom SearchParameter files, as `serve --search-parameters` takes.
+    #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
+    search_parameters: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +164,7 @@ fn main() -> std::process::ExitCode {
             Command::Users(command) => users(command).await,
             Command::Clients(command) => clients(command).await,
             Command::Keys(command) => keys(command).await,
+            Command::Reindex(args) => reindex(args).await,
         }
     });
     match result {
@@ -194,6 +207,103 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn reindex(args: ReindexArgs) -> Result<(), String> {
+    let mut bar = ProgressBar::new("reindexing");
+    let config = Config::for_storage(&args.storage)?;
+    if let Some(reply) = admin::send(&config.data_dir, &AdminRequest::Reindex, |p| {
+        bar.show(p.done, p.total)
+    })
+    .await
+    {
+        let reply = reply.map_err(|e| format!("the running server did not answer: {e}"))?;
+        bar.finish();
+        return if reply.ok {
+            println!("{}", reply.message);
+            Ok(())
+        } else {
+            Err(reply.message)
+        };
+    }
+    let repo = app::open_repository(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = &args.search_parameters {
+        repo.set_parameter_files(intellihealth::repository::reindex::read_parameter_files(
+            dir,
+        )?);
+    }
+    repo.refresh_registry().await.map_err(|e| e.to_string())?;
+    let done = repo
+        .reindex_stale(|p| bar.show(p.done, p.total))
+        .await
+        .map_err(|e| e.to_string())?;
+    bar.finish();
+    println!("reindexed {} resources", done.done);
+    Ok(())
+}
+
+/// Progress on standard error: a bar redrawn in place on a terminal, a line every few
+/// seconds otherwise (a log, a pipe).
+struct ProgressBar {
+    what: &'static str,
+    started: std::time::Instant,
+    last_line: Option<std::time::Instant>,
+    terminal: bool,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(what: &'static str) -> ProgressBar {
+        use std::io::IsTerminal;
+        ProgressBar {
+            what,
+            started: std::time::Instant::now(),
+            last_line: None,
+            terminal: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, done: usize, total: usize) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / elapsed;
+        let eta = if rate > 0.0 && total > done {
+            format!("{:.0} s", (total - done) as f64 / rate)
+        } else {
+            "—".into()
+        };
+        let share = if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        if self.terminal {
+            let filled = (share * 30.0).round() as usize;
+            eprint!(
+                "\r{} [{}{}] {done}/{total} ({:.0} %) {rate:.0}/s ETA {eta}   ",
+                self.what,
+                "#".repeat(filled.min(30)),
+                ".".repeat(30 - filled.min(30)),
+                share * 100.0
+            );
+            self.drawn = true;
+        } else if self
+            .last_line
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(5))
+            || done == total
+        {
+            eprintln!("{}: {done} of {total} ({rate:.0}/s, ETA {eta})", self.what);
+            self.last_line = Some(std::time::Instant::now());
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
+
 async fn sweep(args: SweepArgs) -> Result<(), String> {
     let request = AdminRequest::Sweep {
         grace_secs: args.grace_secs,
@@ -217,7 +327,7 @@ async fn ask_running_server(
     request: &AdminRequest,
 ) -> Result<Option<String>, String> {
     let config = Config::for_storage(storage)?;
-    match admin::send(&config.data_dir, request).await {
+    match admin::send(&config.data_dir, request, |_| {}).await {
         None => Ok(None),
         Some(Ok(reply)) if reply.ok => Ok(Some(reply.message)),
         Some(Ok(reply)) => Err(reply.message),

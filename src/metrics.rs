@@ -17,6 +17,7 @@
 //! | `intellihealth_sweeps_total` | counter | `outcome` |
 //! | `intellihealth_sweep_blobs_removed_total` | counter | — |
 //! | `intellihealth_records_purged_total` | counter | — |
+//! | `intellihealth_reindex_pending` | gauge | — |
 //! | `intellihealth_process_resident_memory_bytes` | gauge | — |
 //!
 //! Labels carry only the server's own vocabulary (interaction names, resource type names,
@@ -99,6 +100,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "intellihealth_records_purged_total",
         Kind::Counter,
         "Expired authorization records (codes, refresh tokens, replay caches) deleted.",
+    ),
+    (
+        "intellihealth_reindex_pending",
+        Kind::Gauge,
+        "Resources indexed under other search parameters, left to reindex.",
     ),
     (
         "intellihealth_process_resident_memory_bytes",

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod client;
 pub mod keys;
 pub mod report;
+pub mod search_bench;
 pub mod soak;
 pub mod suites;
 

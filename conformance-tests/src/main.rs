@@ -24,6 +24,28 @@ enum Command {
     Bench(BenchArgs),
     /// Hold a mixed load for minutes, reporting latency and the server's memory each minute.
     Soak(SoakArgs),
+    /// Load a data set with its ids, then measure a list of searches.
+    BenchSearch(SearchBenchArgs),
+}
+
+#[derive(Args)]
+struct SearchBenchArgs {
+    #[arg(long, env = "FHIR_BASE_URL")]
+    base_url: String,
+    #[arg(long, env = "FHIR_BEARER")]
+    bearer: Option<String>,
+    /// A directory of .ndjson files of resources with ids (e.g. carebundle's).
+    #[arg(long)]
+    data: PathBuf,
+    /// Measured seconds per search.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 16)]
+    load_concurrency: usize,
+    /// Only load, and report the rate.
+    #[arg(long)]
+    load_only: bool,
 }
 
 #[derive(Args)]
@@ -107,6 +129,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Bench(args)) => bench_command(args).await,
         Some(Command::Soak(args)) => soak_command(args).await,
+        Some(Command::BenchSearch(args)) => search_bench_command(args).await,
         None => run_command(cli.run).await,
     }
 }
@@ -231,6 +254,34 @@ async fn soak_command(args: SoakArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("conformance-tests soak: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn search_bench_command(args: SearchBenchArgs) -> ExitCode {
+    use conformance_tests::search_bench;
+    let resources = match search_bench::read_ndjson(&args.data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("conformance-tests bench-search: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = search_bench::SearchBenchOptions {
+        base_url: args.base_url,
+        bearer: args.bearer,
+        seconds: args.seconds,
+        load_concurrency: args.load_concurrency,
+        load_only: args.load_only,
+    };
+    match search_bench::run(&options, resources).await {
+        Ok((rate, phases)) => {
+            print!("{}", search_bench::table(rate, &phases));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("conformance-tests bench-search: {e}");
             ExitCode::FAILURE
         }
     }

@@ -18,7 +18,11 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
+
+/// One search parameter as the statement lists it: code, type, definition URL.
+pub type SearchParamFacts = (String, String, String);
 
 /// What is fixed about this build; the rest comes from the running server.
 pub struct ServerFacts<'a> {
@@ -29,10 +33,14 @@ pub struct ServerFacts<'a> {
     /// The authorization server's endpoints, for the SMART `oauth-uris` extension:
     /// (name, URL) pairs such as ("token", "http://…/auth/token").
     pub oauth_uris: &'a [(&'a str, String)],
+    /// The search parameters in force for a type (official and custom).
+    pub search_params: &'a dyn Fn(ResourceType) -> Vec<SearchParamFacts>,
 }
 
 pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
-    let resources: Vec<Json> = ResourceType::all().map(resource_entry).collect();
+    let resources: Vec<Json> = ResourceType::all()
+        .map(|t| resource_entry(t, &(facts.search_params)(t)))
+        .collect();
     object([
         ("resourceType", Json::str("CapabilityStatement")),
         ("status", Json::str("active")),
@@ -69,7 +77,26 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
                 ("resource", Json::Array(resources)),
                 (
                     "interaction",
-                    Json::Array(vec![object([("code", Json::str("history-system"))])]),
+                    Json::Array(vec![
+                        object([("code", Json::str("history-system"))]),
+                        object([("code", Json::str("search-system"))]),
+                    ]),
+                ),
+                (
+                    "operation",
+                    Json::Array(vec![object([
+                        ("name", Json::str("reindex")),
+                        (
+                            "definition",
+                            Json::str("https://intellihealth.dev/fhir/OperationDefinition/reindex"),
+                        ),
+                        (
+                            "documentation",
+                            Json::str(
+                                "POST starts rebuilding the search entries made under other search parameters; GET reports progress (admin token)",
+                            ),
+                        ),
+                    ])]),
                 ),
             ])]),
         ),
@@ -119,12 +146,30 @@ fn security(facts: &ServerFacts<'_>) -> Json {
     ])
 }
 
-fn resource_entry(resource_type: ResourceType) -> Json {
+fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> Json {
     let interactions = TYPE_INTERACTIONS
         .iter()
         .map(|code| object([("code", Json::str(*code))]))
         .collect();
-    object([
+    let search_params: Vec<Json> = params
+        .iter()
+        .map(|(code, kind, url)| {
+            object([
+                ("name", Json::str(code)),
+                ("definition", Json::str(url)),
+                ("type", Json::str(kind)),
+            ])
+        })
+        .collect();
+    let includes: Vec<Json> = std::iter::once(Json::str("*"))
+        .chain(
+            params
+                .iter()
+                .filter(|(_, kind, _)| kind == "reference")
+                .map(|(code, _, _)| Json::str(format!("{resource_type}:{code}"))),
+        )
+        .collect();
+    let mut entry = object([
         ("type", Json::str(resource_type.as_str())),
         (
             "profile",
@@ -140,7 +185,24 @@ fn resource_entry(resource_type: ResourceType) -> Json {
         ("conditionalRead", Json::str("full-support")),
         ("conditionalUpdate", Json::Bool(false)),
         ("conditionalDelete", Json::str("not-supported")),
-    ])
+        ("searchInclude", Json::Array(includes)),
+        ("searchParam", Json::Array(search_params)),
+    ]);
+    if resource_type.as_str() == "Patient"
+        && let Some(fields) = entry.as_object_mut()
+    {
+        fields.insert(
+            "operation",
+            Json::Array(vec![object([
+                ("name", Json::str("everything")),
+                (
+                    "definition",
+                    Json::str("http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+                ),
+            ])]),
+        );
+    }
+    entry
 }
 
 #[cfg(test)]
@@ -155,6 +217,13 @@ mod tests {
             software_version: "0.1.0",
             started_at: "2024-01-01T00:00:00Z",
             oauth_uris: &[("token", "http://localhost/auth/token".into())],
+            search_params: &|_| {
+                vec![(
+                    "_id".to_owned(),
+                    "token".to_owned(),
+                    "http://hl7.org/fhir/SearchParameter/Resource-id".to_owned(),
+                )]
+            },
         });
         validate(&statement, Handling::Strict).expect("valid CapabilityStatement");
         let rest = &statement.get("rest").unwrap().as_array().unwrap()[0];

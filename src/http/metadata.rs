@@ -29,11 +29,21 @@ pub async fn capability(
         ("introspect", endpoints.introspect),
         ("revoke", endpoints.revoke),
     ];
+    let registry = state.repo.registry();
+    let search_params = |ty: crate::fhir::resource::ResourceType| {
+        registry
+            .params_of(ty.as_str())
+            .into_iter()
+            .filter(|p| p.is_indexed())
+            .map(|p| (p.code.clone(), p.kind.as_str().to_owned(), p.url.clone()))
+            .collect()
+    };
     let statement = capability_statement(&ServerFacts {
         base_url: &base.0,
         software_version: env!("CARGO_PKG_VERSION"),
         started_at: &state.settings.started_at,
         oauth_uris: &oauth_uris,
+        search_params: &search_params,
     });
     let mut response = (StatusCode::OK, negotiated.render(&statement)).into_response();
     response.headers_mut().insert(

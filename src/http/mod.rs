@@ -13,6 +13,7 @@ mod oauth;
 pub mod openapi;
 pub mod outcome;
 mod principal;
+mod reindex;
 mod search;
 pub mod telemetry;
 
@@ -63,6 +64,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/", only(get(search::system_search), "GET"))
         .route("/_search", only(post(search::system_search_post), "POST"))
         .route("/_history", only(get(history::system), "GET"))
+        .route(
+            "/$reindex",
+            only(get(reindex::status).post(reindex::start), "GET, POST"),
+        )
         .route(
             "/{type}",
             only(get(search::type_search).post(crud::create), "GET, POST"),

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use super::{crud, history, metadata, oauth, telemetry};
+use super::{crud, history, metadata, oauth, reindex, search, telemetry};
 
 /// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
 #[derive(Serialize, ToSchema)]
@@ -125,6 +125,14 @@ pub enum BodyErrors {
         history::system,
         history::type_level,
         history::instance,
+        search::type_search,
+        search::type_search_post,
+        search::system_search,
+        search::system_search_post,
+        search::compartment_search,
+        search::everything,
+        reindex::start,
+        reindex::status,
         oauth::smart_config,
         oauth::openid_config,
         oauth::jwks,

@@ -17,6 +17,7 @@
 mod authorize;
 mod error;
 mod read;
+pub mod reindex;
 pub mod search;
 pub mod sweep;
 mod write;
@@ -45,6 +46,10 @@ pub struct Repository {
     /// The search parameters in force (official, plus custom ones); swapped whole when a
     /// custom parameter is added.
     registry: std::sync::RwLock<Arc<Registry>>,
+    /// Custom SearchParameters from files, part of every rebuild of the registry.
+    parameter_files: std::sync::RwLock<Vec<crate::search::params::RawParam>>,
+    /// The reindex under way, or the last one, and whether it still runs.
+    reindexing: std::sync::Mutex<(reindex::ReindexProgress, bool)>,
 }
 
 /// One resource version with its content (none for a delete).
@@ -84,6 +89,8 @@ impl Repository {
             blobs,
             vault,
             registry: std::sync::RwLock::new(Arc::new(Registry::with_custom(&[]))),
+            parameter_files: std::sync::RwLock::new(Vec::new()),
+            reindexing: std::sync::Mutex::new(Default::default()),
         }
     }
 

@@ -187,6 +187,7 @@ impl Repository {
             searchable,
         };
         self.index.commit(commit).await?;
+        self.after_write(resource_type).await;
         Ok(ResourceVersion {
             record,
             content: Some(content),
@@ -240,7 +241,10 @@ impl Repository {
                 searchable: Default::default(),
             };
             match self.index.commit(commit).await {
-                Ok(()) => return Ok(Some(record)),
+                Ok(()) => {
+                    self.after_write(resource_type).await;
+                    return Ok(Some(record));
+                }
                 Err(IndexError::Conflict { .. }) if precondition == Precondition::None => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -248,6 +252,19 @@ impl Repository {
         Err(RepoError::Conflict(
             "the resource is being updated concurrently; retry".into(),
         ))
+    }
+}
+
+impl Repository {
+    /// What a committed write changes beyond itself: a SearchParameter changes the registry.
+    async fn after_write(&self, resource_type: ResourceType) {
+        if resource_type.as_str() != "SearchParameter" {
+            return;
+        }
+        // The write is committed either way; a failed rebuild is retried by the poll.
+        if let Err(e) = self.refresh_registry().await {
+            tracing::warn!("the search parameter registry could not be rebuilt: {e}");
+        }
     }
 }
 

@@ -6,24 +6,23 @@
 //!
 //! A key is `param ␁ form ␁ value` (␁ = U+0001, which FHIR strings cannot contain):
 //!
-//! | entry | form | value |
-//! |---|---|---|
-//! | string | `n` | folded text (prefix: a range) |
-//! | string | `x` | exact text |
-//! | token | `c` | code (any system) |
-//! | token | `sc` | system ␁ code |
-//! | token | `s` | system (`system|`) |
-//! | token | `nc` | code, when the coding has no system (`|code`) |
-//! | text of a token | `t` | folded text |
-//! | identifier of a type | `o` | type system ␁ type code ␁ value |
-//! | reference | `r` | `Type/id`, or the URL |
-//! | reference | `id` | the id alone, for a bare `param=id` |
-//! | reference identifier | `i` | system ␁ value, and `iv` value |
-//! | range, quantity | `lo`, `hi` | the bound, order-preserving hex |
-//! | quantity | `uc` | unit code |
-//! | uri | `u` | the URI |
-//! | composite | (its first component's keys) | |
-//! | any value | `_` | (empty): the parameter is present, for `:missing` |
+//! | entry | form | value | narrows |
+//! |---|---|---|---|
+//! | string | `n` | folded text | prefix (a range), `:exact` (its folded form) |
+//! | token | `c` | code | `code`, `\|code` |
+//! | token with a system | `sc` | system ␁ code | `system\|code`, `system\|` (a range) |
+//! | identifier of a type | `o` | type system ␁ type code ␁ value | `:of-type` |
+//! | reference | `r` | `Type/id`, or the URL | `Type/id`, `id` (one per target type), URL |
+//! | reference identifier with a system | `i` | system ␁ value | `:identifier` |
+//! | range, quantity | `lo`, `hi` | the bound, order-preserving hex | every prefix but `ne`, `ap` |
+//! | quantity with a unit | `uc` | unit code | `value\|system\|code` |
+//! | uri | `u` | the URI | equality, `:below` (a range) |
+//! | composite | (its first component's keys) | | its first component |
+//!
+//! What has no key of its own (`:text`, `:contains`, `:missing=false`, a value-only
+//! `:identifier`, `ne`, `ap`) narrows to every key of its parameter: the range
+//! `[param ␁, param ␂)`. Keys are as few as the conditions need, since every key of every
+//! resource is one more entry in a B-tree on every write.
 //!
 //! Keys only narrow: the entries decide. Every store condition is built so that a resource
 //! matching the search has a key that meets it (a superset); the exact semantics (date
@@ -58,39 +57,25 @@ pub fn encode_number(value: f64) -> String {
     format!("{ordered:016x}")
 }
 
-fn token_keys(param: &str, s: Option<&str>, c: Option<&str>, out: &mut Vec<String>) {
-    if let Some(code) = c {
-        out.push(key(param, "c", code));
-        match s {
-            Some(system) => out.push(key(param, "sc", &format!("{system}{SEP}{code}"))),
-            None => out.push(key(param, "nc", code)),
-        }
-    }
-    if let Some(system) = s {
-        out.push(key(param, "s", system));
-    }
-}
-
 fn value_keys(param: &str, value: &Value, out: &mut Vec<String>) {
     match value {
-        Value::Str { n, x } => {
-            out.push(key(param, "n", n));
-            out.push(key(param, "x", x));
+        Value::Str { n, .. } => out.push(key(param, "n", n)),
+        Value::Token { s, c: Some(code) } => {
+            out.push(key(param, "c", code));
+            if let Some(system) = s {
+                out.push(key(param, "sc", &format!("{system}{SEP}{code}")));
+            }
         }
-        Value::Token { s, c } => token_keys(param, s.as_deref(), c.as_deref(), out),
-        Value::Text { n } => out.push(key(param, "t", n)),
+        Value::Token {
+            s: Some(system),
+            c: None,
+        } => {
+            out.push(key(param, "sc", &format!("{system}{SEP}")));
+        }
         Value::OfType { s, c, v } => out.push(key(param, "o", &format!("{s}{SEP}{c}{SEP}{v}"))),
-        Value::Ref { r, .. } => {
-            out.push(key(param, "r", r));
-            if let Some((_, id)) = r.rsplit_once('/') {
-                out.push(key(param, "id", id));
-            }
-        }
-        Value::RefIdentifier { s, v } => {
-            out.push(key(param, "iv", v));
-            if let Some(s) = s {
-                out.push(key(param, "i", &format!("{s}{SEP}{v}")));
-            }
+        Value::Ref { r, .. } => out.push(key(param, "r", r)),
+        Value::RefIdentifier { s: Some(s), v } => {
+            out.push(key(param, "i", &format!("{s}{SEP}{v}")));
         }
         Value::Range { lo, hi } => {
             out.push(key(param, "lo", &encode_number(*lo)));
@@ -109,14 +94,23 @@ fn value_keys(param: &str, value: &Value, out: &mut Vec<String>) {
                 value_keys(param, first, out);
             }
         }
+        // A parameter with only such values still needs one key, for `:missing=false`.
+        Value::Token { s: None, c: None } | Value::Text { .. } | Value::RefIdentifier { .. } => {
+            out.push(key(param, "_", ""))
+        }
     }
+}
+
+/// Every key of `param`: `[param ␁, param ␂)`, what a condition without keys of its own
+/// narrows to.
+pub fn param_range(param: &str) -> (String, String) {
+    (format!("{param}{SEP}"), format!("{param}\u{2}"))
 }
 
 /// Every key of a resource's entries, sorted, without repeats.
 pub fn keys_of(entries: &[SearchEntry]) -> Vec<String> {
     let mut out = Vec::with_capacity(entries.len() * 3);
     for entry in entries {
-        out.push(key(&entry.param, "_", ""));
         value_keys(&entry.param, &entry.value, &mut out);
     }
     out.sort_unstable();
@@ -149,10 +143,17 @@ mod tests {
             },
         }];
         let keys = keys_of(&entries);
-        assert!(keys.contains(&key("code", "c", "1234-5")));
-        assert!(keys.contains(&key("code", "sc", "http://loinc.org\u{1}1234-5")));
-        assert!(keys.contains(&key("code", "s", "http://loinc.org")));
-        assert!(keys.contains(&key("code", "_", "")));
-        assert!(!keys.iter().any(|k| k.contains(&format!("{SEP}nc{SEP}"))));
+        assert_eq!(
+            keys,
+            [
+                key("code", "c", "1234-5"),
+                key("code", "sc", "http://loinc.org\u{1}1234-5")
+            ]
+        );
+        let (from, to) = param_range("code");
+        assert!(
+            keys.iter()
+                .all(|k| k.as_str() >= from.as_str() && k.as_str() < to.as_str())
+        );
     }
 }

@@ -241,6 +241,27 @@ impl Registry {
         out.into_values().collect()
     }
 
+    /// The custom parameters among `custom` that cannot be used, with why.
+    pub fn unsupported_custom(&self, custom: &[RawParam]) -> Vec<String> {
+        let mut out = Vec::new();
+        for raw in custom {
+            if raw.base.is_empty() {
+                out.push(format!("{} ({}): no base", raw.code, raw.url));
+            }
+            for base in &raw.base {
+                match self.by_type.get(base).and_then(|p| p.get(&raw.code)) {
+                    Some(param) if param.url == raw.url => {
+                        if let Some(why) = &param.unsupported {
+                            out.push(format!("{base}.{} ({}): {why}", raw.code, raw.url));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
     /// Parameters that cannot be searched, with why: reported at start-up.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -259,9 +280,9 @@ impl Registry {
     }
 }
 
-/// The version of `search::entries`' rules: raise it when they change what is extracted, and
-/// every stored resource is reindexed.
-const EXTRACTION_RULES: u32 = 1;
+/// The version of `search::entries`' and `search::keys`' rules: raise it when they change what
+/// is extracted or how it is keyed, and every stored resource is reindexed.
+const EXTRACTION_RULES: u32 = 2;
 
 /// FNV-1a, 64 bits: a hash whose value never changes with the compiler or the platform.
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use super::entries::{SearchEntry, UNBOUNDED_LOW, Value, fold};
-use super::keys::{SEP, encode_number, key, prefix_end};
+use super::keys::{SEP, encode_number, key, param_range, prefix_end};
 use super::params::ParamType;
 use super::query::{Criterion, Modifier, Prefix, SearchValue, TokenSystem};
 
@@ -166,6 +166,7 @@ fn filter_of(criterion: &Criterion, local_base: &str) -> Result<Filter, PlanErro
             kind,
             modifier,
             values,
+            targets,
         } => {
             if let Some(Modifier::Missing(missing)) = modifier {
                 return Ok(Filter::Present {
@@ -175,7 +176,7 @@ fn filter_of(criterion: &Criterion, local_base: &str) -> Result<Filter, PlanErro
             }
             let tests = values
                 .iter()
-                .map(|v| test_of(*kind, modifier.as_ref(), v, local_base))
+                .map(|v| test_of(*kind, modifier.as_ref(), v, local_base, targets))
                 .collect::<Result<Vec<_>, _>>()?;
             if modifier == &Some(Modifier::Not) {
                 Ok(Filter::NoneOf {
@@ -197,6 +198,7 @@ fn test_of(
     modifier: Option<&Modifier>,
     value: &SearchValue,
     local_base: &str,
+    targets: &[String],
 ) -> Result<Test, PlanError> {
     let mismatch = || PlanError(format!("a value that is not of the {} type", kind.as_str()));
     Ok(match (kind, value) {
@@ -229,7 +231,7 @@ fn test_of(
             value: value.clone(),
         },
         (ParamType::Reference, SearchValue::Reference(text)) => {
-            reference_test(modifier, text, local_base)
+            reference_test(modifier, text, local_base, targets)
         }
         (ParamType::Date, SearchValue::Date { prefix, lo, hi }) => Test::Range {
             prefix: *prefix,
@@ -275,7 +277,7 @@ fn test_of(
                         SearchValue::Text(_) => ParamType::String,
                         SearchValue::Composite(_) => ParamType::Composite,
                     };
-                    test_of(part_kind, None, part, local_base)
+                    test_of(part_kind, None, part, local_base, &[])
                 })
                 .collect::<Result<_, _>>()?;
             Test::Composite(tests)
@@ -284,7 +286,12 @@ fn test_of(
     })
 }
 
-fn reference_test(modifier: Option<&Modifier>, text: &str, local_base: &str) -> Test {
+fn reference_test(
+    modifier: Option<&Modifier>,
+    text: &str,
+    local_base: &str,
+    targets: &[String],
+) -> Test {
     if let Some(Modifier::Identifier) = modifier {
         let (system, value) = match text.split_once('|') {
             Some((system, value)) => ((!system.is_empty()).then(|| system.to_owned()), value),
@@ -311,7 +318,7 @@ fn reference_test(modifier: Option<&Modifier>, text: &str, local_base: &str) -> 
         _ if relative.contains("://") || relative.contains('/') => Test::Ref(relative.to_owned()),
         _ => Test::RefId {
             id: relative.to_owned(),
-            types: Vec::new(),
+            types: targets.to_vec(),
         },
     }
 }
@@ -367,8 +374,10 @@ impl Test {
                 Value::OfType { s, c, v },
             ) => s == system && c == code && v == wanted,
             (Test::Ref(wanted), Value::Ref { r, .. }) => r == wanted,
+            // A bare id names a resource of this server: a relative reference.
             (Test::RefId { id, types }, Value::Ref { r, t }) => {
-                let same_id = r.rsplit_once('/').is_some_and(|(_, rid)| rid == id) || r == id;
+                let same_id =
+                    !r.contains("://") && r.rsplit_once('/').is_some_and(|(_, rid)| rid == id);
                 same_id && (types.is_empty() || t.as_ref().is_some_and(|t| types.contains(t)))
             }
             (
@@ -444,7 +453,8 @@ impl Test {
             let to = prefix_end(&from);
             KeyCondition::Ranges(vec![(from, to)])
         };
-        let present = || one("_", "");
+        // Every key of the parameter: for a test without keys of its own.
+        let any = || KeyCondition::Ranges(vec![param_range(param)]);
         let range = |form: &str, from: Option<f64>, to: Option<f64>| {
             let from = key(param, form, &from.map(encode_number).unwrap_or_default());
             let to = match to {
@@ -456,14 +466,13 @@ impl Test {
         };
         match self {
             Test::StrPrefix(text) => prefix("n", text),
-            Test::StrExact(text) => one("x", text),
-            Test::TextPrefix(text) => prefix("t", text),
+            Test::StrExact(text) => one("n", &fold(text)),
+            Test::TextPrefix(_) | Test::StrContains(_) => any(),
             Test::Token { system, code } => match (system, code) {
-                (TokenSystem::Any, Some(code)) => one("c", code),
-                (TokenSystem::None, Some(code)) => one("nc", code),
+                (TokenSystem::Any | TokenSystem::None, Some(code)) => one("c", code),
                 (TokenSystem::Is(system), Some(code)) => one("sc", &format!("{system}{SEP}{code}")),
-                (TokenSystem::Is(system), None) => one("s", system),
-                _ => present(),
+                (TokenSystem::Is(system), None) => prefix("sc", &format!("{system}{SEP}")),
+                _ => any(),
             },
             Test::OfType {
                 system,
@@ -471,11 +480,19 @@ impl Test {
                 value,
             } => one("o", &format!("{system}{SEP}{code}{SEP}{value}")),
             Test::Ref(reference) => one("r", reference),
-            Test::RefId { id, .. } => one("id", id),
-            Test::RefIdentifier { system, value } => match system {
-                Some(system) => one("i", &format!("{system}{SEP}{value}")),
-                None => one("iv", value),
-            },
+            // A bare id: one reference per type it may point at.
+            Test::RefId { id, types } if !types.is_empty() => KeyCondition::Equals(
+                types
+                    .iter()
+                    .map(|t| key(param, "r", &format!("{t}/{id}")))
+                    .collect(),
+            ),
+            Test::RefId { .. } => any(),
+            Test::RefIdentifier {
+                system: Some(system),
+                value,
+            } => one("i", &format!("{system}{SEP}{value}")),
+            Test::RefIdentifier { system: None, .. } => any(),
             Test::Range { prefix: p, lo, hi }
             | Test::Quantity {
                 prefix: p, lo, hi, ..
@@ -498,13 +515,13 @@ impl Test {
                     (_, Prefix::Lt) => range("lo", Some(UNBOUNDED_LOW), Some(*lo)),
                     (_, Prefix::Le) => range("lo", Some(UNBOUNDED_LOW), Some(*hi)),
                     (_, Prefix::Eb) => range("hi", Some(UNBOUNDED_LOW), Some(*lo)),
-                    (_, Prefix::Ne | Prefix::Ap) => present(),
+                    (_, Prefix::Ne | Prefix::Ap) => any(),
                 }
             }
             Test::UriExact(uri) => one("u", uri),
             Test::UriBelow(uri) => prefix("u", uri),
-            Test::UriAbove(_) | Test::UriContains(_) | Test::StrContains(_) => present(),
-            Test::Composite(tests) => tests.first().map_or_else(present, |t| t.narrowing(param)),
+            Test::UriAbove(_) | Test::UriContains(_) => any(),
+            Test::Composite(tests) => tests.first().map_or_else(any, |t| t.narrowing(param)),
         }
     }
 }
@@ -550,7 +567,7 @@ impl Filter {
             Filter::Present {
                 param,
                 present: true,
-            } => Some(KeyCondition::Equals([key(param, "_", "")].into())),
+            } => Some(KeyCondition::Ranges(vec![param_range(param)])),
             _ => None,
         }
     }

@@ -76,6 +76,8 @@ pub enum Criterion {
         kind: ParamType,
         modifier: Option<Modifier>,
         values: Vec<SearchValue>,
+        /// A reference parameter's target types (what a bare id may name).
+        targets: Vec<String>,
     },
     /// `reference[:Type].next=…`: resources whose `reference` points at a resource (of
     /// `target` types) matching `inner`.
@@ -584,6 +586,7 @@ fn parse_criterion(
             kind: param.kind,
             modifier,
             values: Vec::new(),
+            targets: param.targets.clone(),
         });
     }
     let raw_values = split_escaped(value, ',');
@@ -603,6 +606,7 @@ fn parse_criterion(
         kind: param.kind,
         modifier,
         values,
+        targets: param.targets.clone(),
     })
 }
 
