@@ -132,13 +132,14 @@ pub fn extract(registry: &Registry, resource_type: &str, resource: &Json) -> Vec
             continue;
         }
         let values = values_of(param, resource);
+        // The same value twice (two names with one family) is one entry.
+        let mut seen = std::collections::HashSet::new();
         for value in values.into_iter().take(MAX_ENTRIES_PER_PARAM) {
-            let entry = SearchEntry {
-                param: param.code.clone(),
-                value,
-            };
-            if !out.contains(&entry) {
-                out.push(entry);
+            if seen.insert(serde_json::to_string(&value).unwrap_or_default()) {
+                out.push(SearchEntry {
+                    param: param.code.clone(),
+                    value,
+                });
             }
         }
     }

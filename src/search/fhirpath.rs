@@ -414,9 +414,17 @@ impl Expr {
 
     fn evaluate_into<'a>(&self, resource: &'a Json, focus: Node<'a>, out: &mut Vec<Node<'a>>) {
         match self {
+            // `|` is a union: a value both branches select appears once.
             Expr::Union(branches) => {
+                let start = out.len();
                 for branch in branches {
-                    branch.evaluate_into(resource, focus, out);
+                    let mut selected = Vec::new();
+                    branch.evaluate_into(resource, focus, &mut selected);
+                    for node in selected {
+                        if !out[start..].iter().any(|seen| seen.value == node.value) {
+                            out.push(node);
+                        }
+                    }
                 }
             }
             Expr::Path { root, steps } => {

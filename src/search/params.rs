@@ -101,6 +101,11 @@ impl SearchParam {
 #[derive(Default)]
 pub struct Registry {
     by_type: HashMap<String, BTreeMap<String, Arc<SearchParam>>>,
+    /// Every parameter that applies to a type (its own and the common ones), made once:
+    /// extraction asks for it on every write.
+    applying: HashMap<String, Vec<Arc<SearchParam>>>,
+    /// The common ones alone, for a type without parameters of its own.
+    common: Vec<Arc<SearchParam>>,
     /// A stable hash of every definition: entries made under another fingerprint are stale.
     fingerprint: u64,
 }
@@ -207,8 +212,25 @@ impl Registry {
                     .insert(param.code.clone(), Arc::new(compiled));
             }
         }
+        let merged = |ty: &str| -> Vec<Arc<SearchParam>> {
+            let mut out: BTreeMap<&str, &Arc<SearchParam>> = BTreeMap::new();
+            for base in ["Resource", "DomainResource", ty] {
+                for (code, param) in by_type.get(base).into_iter().flatten() {
+                    out.insert(code, param);
+                }
+            }
+            out.into_values().cloned().collect()
+        };
+        let applying = by_type
+            .keys()
+            .filter(|t| *t != "Resource" && *t != "DomainResource")
+            .map(|t| (t.clone(), merged(t)))
+            .collect();
+        let common = merged("");
         Registry {
             by_type,
+            applying,
+            common,
             fingerprint,
         }
     }
@@ -231,14 +253,10 @@ impl Registry {
     }
 
     /// Every parameter that applies to `resource_type`, its own and the common ones.
-    pub fn params_of(&self, resource_type: &str) -> Vec<&Arc<SearchParam>> {
-        let mut out: BTreeMap<&str, &Arc<SearchParam>> = BTreeMap::new();
-        for base in ["Resource", "DomainResource", resource_type] {
-            for (code, param) in self.by_type.get(base).into_iter().flatten() {
-                out.insert(code, param);
-            }
-        }
-        out.into_values().collect()
+    pub fn params_of(&self, resource_type: &str) -> &[Arc<SearchParam>] {
+        self.applying
+            .get(resource_type)
+            .map_or(self.common.as_slice(), Vec::as_slice)
     }
 
     /// The custom parameters among `custom` that cannot be used, with why.

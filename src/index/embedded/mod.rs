@@ -6,8 +6,8 @@
 //! - `current`: (type, id) → the newest version number;
 //! - `history`: (lastUpdated, type, id, version) → (), the system history order;
 //! - `type_history`: (type, lastUpdated, id, version) → (), each type's history order;
-//! - `search_keys`: (type, key, id) → (), the keys of current versions (the search index);
-//! - `current_keys`: (type, id) → the keys `search_keys` holds for it (to remove them);
+//! - `current_keys`: (type, id) → the search keys of the current version (the durable copy of
+//!   the search index, which is held in memory: `memory`);
 //! - `indexed_with`: (type, id) → the registry fingerprint its keys were made with;
 //! - `cids`: CID → (), every CID a version references (the sweeper's question);
 //! - `data_keys`: owner → wrapped data key;
@@ -20,6 +20,7 @@
 //!
 //! Must not know what the CIDs point at or how keys are wrapped.
 
+mod memory;
 mod reads;
 mod writer;
 
@@ -41,8 +42,6 @@ const CURRENT: TableDefinition<(&str, &str), u64> = TableDefinition::new("curren
 const HISTORY: TableDefinition<(i64, &str, &str, u64), ()> = TableDefinition::new("history");
 const TYPE_HISTORY: TableDefinition<(&str, i64, &str, u64), ()> =
     TableDefinition::new("type_history");
-/// The search index: (type, key, id).
-const SEARCH_KEYS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("search_keys");
 const CURRENT_KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("current_keys");
 const INDEXED_WITH: TableDefinition<(&str, &str), u64> = TableDefinition::new("indexed_with");
 const ENTRIES: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("entries");
@@ -62,6 +61,8 @@ struct StoredVersion {
 pub struct EmbeddedIndex {
     db: Arc<Database>,
     writer: std::sync::mpsc::Sender<WriteOp>,
+    /// The search index (see `memory`).
+    search: Arc<std::sync::RwLock<memory::MemoryIndex>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> IndexError {
@@ -87,7 +88,6 @@ impl EmbeddedIndex {
             txn.open_table(CURRENT).map_err(unavailable)?;
             txn.open_table(HISTORY).map_err(unavailable)?;
             txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
-            txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
             txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
             txn.open_table(INDEXED_WITH).map_err(unavailable)?;
             txn.open_table(ENTRIES).map_err(unavailable)?;
@@ -97,6 +97,7 @@ impl EmbeddedIndex {
             txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
+        let search = Arc::new(std::sync::RwLock::new(reads::load_search_index(&db)?));
         let db = Arc::new(db);
         let (writer, inbox) = std::sync::mpsc::channel();
         let writer_db = db.clone();
@@ -104,7 +105,7 @@ impl EmbeddedIndex {
             .name("index-writer".into())
             .spawn(move || run_writer(&writer_db, &inbox))
             .map_err(unavailable)?;
-        Ok(EmbeddedIndex { db, writer })
+        Ok(EmbeddedIndex { db, writer, search })
     }
 
     /// Runs a read on the blocking pool, against the shared database.
@@ -123,7 +124,21 @@ impl EmbeddedIndex {
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, IndexError> + Send + 'static,
     {
-        let (op, done) = WriteOp::new(work);
+        self.write_then(work, None).await
+    }
+
+    /// `write`, then `durable` with the outcome once the transaction is durable, before the
+    /// caller is answered.
+    async fn write_then<T, F>(
+        &self,
+        work: F,
+        durable: Option<writer::AfterDurable<T>>,
+    ) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, IndexError> + Send + 'static,
+    {
+        let (op, done) = WriteOp::new(work, durable);
         // If the writer is gone, `done` resolves to an error below.
         let _ = self.writer.send(op);
         done.await
@@ -138,7 +153,18 @@ impl EmbeddedIndex {
 #[async_trait]
 impl IndexStore for EmbeddedIndex {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
-        self.write(move |txn| writer::apply_commit(txn, &commit))
+        let search = self.search.clone();
+        let (rt, id) = (
+            commit.record.resource_type.clone(),
+            commit.record.id.clone(),
+        );
+        let keys = commit.searchable.keys.clone();
+        let durable: Box<dyn FnOnce(&()) + Send> = Box::new(move |()| {
+            if let Ok(mut index) = search.write() {
+                index.set(&rt, &id, &keys);
+            }
+        });
+        self.write_then(move |txn| writer::apply_commit(txn, &commit), Some(durable))
             .await
     }
 
@@ -231,7 +257,9 @@ impl IndexStore for EmbeddedIndex {
 
     async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
         let query = query.clone();
-        self.read(move |db| reads::candidates(db, &query)).await
+        let search = self.search.clone();
+        self.read(move |db| reads::candidates(db, &search, &query))
+            .await
     }
 
     async fn version_entries(
@@ -253,8 +281,18 @@ impl IndexStore for EmbeddedIndex {
         searchable: Searchable,
     ) -> Result<bool, IndexError> {
         let (rt, id) = (resource_type.to_owned(), id.to_owned());
-        self.write(move |txn| writer::apply_reindex(txn, &rt, &id, version, &searchable))
-            .await
+        let search = self.search.clone();
+        let (index_rt, index_id, keys) = (rt.clone(), id.clone(), searchable.keys.clone());
+        let durable: Box<dyn FnOnce(&bool) + Send> = Box::new(move |reindexed| {
+            if *reindexed && let Ok(mut index) = search.write() {
+                index.set(&index_rt, &index_id, &keys);
+            }
+        });
+        self.write_then(
+            move |txn| writer::apply_reindex(txn, &rt, &id, version, &searchable),
+            Some(durable),
+        )
+        .await
     }
 
     async fn stale(
@@ -276,6 +314,49 @@ impl IndexStore for EmbeddedIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The search index lives in memory: after a restart it is rebuilt from the durable keys.
+    #[tokio::test]
+    async fn the_search_index_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = VersionRecord {
+            resource_type: "Patient".into(),
+            id: "p".into(),
+            version: 1,
+            last_updated: 1,
+            superseded_at: None,
+            method: crate::index::Method::Create,
+            cid: Some("bafkreix".into()),
+            digest: Some("d".into()),
+            key_owner: Some("Patient/p".into()),
+            patients: vec!["p".into()],
+        };
+        let query = CandidateQuery {
+            resource_types: vec!["Patient".into()],
+            key_ranges: Some(vec![crate::index::equality_range("name\u{1}n\u{1}x")]),
+            patient: None,
+            after: None,
+            limit: 10,
+        };
+        {
+            let index = EmbeddedIndex::open(dir.path()).unwrap();
+            let commit = Commit {
+                record,
+                replaces: None,
+                searchable: Searchable {
+                    keys: vec!["name\u{1}n\u{1}x".into()],
+                    entries: b"[]".to_vec(),
+                    registry: 1,
+                },
+            };
+            index.commit(commit).await.unwrap();
+            assert_eq!(index.candidates(&query).await.unwrap().len(), 1);
+        }
+        // The writer thread holds the database until its channel closes.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let reopened = EmbeddedIndex::open(dir.path()).unwrap();
+        assert_eq!(reopened.candidates(&query).await.unwrap().len(), 1);
+    }
 
     /// A read runs on the blocking pool: on a one-thread runtime another task keeps ticking
     /// while a slow read (a long scan, a cold disk) is under way.

@@ -3,13 +3,13 @@
 //! them on the blocking pool: a scan can take milliseconds, and even a point lookup may wait
 //! on the disk.
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use std::collections::BTreeSet;
 
 use super::{
-    CIDS, CURRENT, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, SEARCH_KEYS, TYPE_HISTORY,
-    VERSIONS, decode, decode_record, unavailable,
+    CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, TYPE_HISTORY,
+    VERSIONS, decode, decode_record, memory::MemoryIndex, unavailable,
 };
 use crate::index::{
     Candidate, CandidateQuery, HistoryCursor, HistoryQuery, HistoryScope, IndexError, Record,
@@ -206,15 +206,30 @@ pub(super) fn version_entries(
 
 /// Candidates: ids from the key ranges (or every current resource of a type), then each one's
 /// current row and entries, in (type, id) order, all from one read transaction.
+/// The in-memory search index, from the durable keys of every current resource.
+pub(super) fn load_search_index(db: &Database) -> Result<MemoryIndex, IndexError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let keys = txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
+    let mut index = MemoryIndex::default();
+    for row in keys.iter().map_err(unavailable)? {
+        let (key, value) = row.map_err(unavailable)?;
+        let (rt, id) = key.value();
+        let keys: Vec<String> = serde_json::from_slice(value.value())
+            .map_err(|e| IndexError::Corrupt(format!("the keys of {rt}/{id}: {e}")))?;
+        index.set(rt, id, &keys);
+    }
+    Ok(index)
+}
+
 pub(super) fn candidates(
     db: &Database,
+    search: &std::sync::RwLock<MemoryIndex>,
     query: &CandidateQuery,
 ) -> Result<Vec<Candidate>, IndexError> {
     let txn = db.begin_read().map_err(unavailable)?;
     let current = txn.open_table(CURRENT).map_err(unavailable)?;
     let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
     let entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-    let search = txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
     let indexed = txn.open_table(INDEXED_WITH).map_err(unavailable)?;
     let mut types: Vec<&str> = query.resource_types.iter().map(String::as_str).collect();
     types.sort_unstable();
@@ -229,19 +244,13 @@ pub(super) fn candidates(
         // The ids to look at, in order.
         let ids: Vec<(String, u64)> = match &query.key_ranges {
             Some(ranges) => {
-                let mut ids = BTreeSet::new();
-                for (from, to) in ranges {
-                    let rows = search
-                        .range((rt, from.as_str(), "")..(rt, to.as_str(), ""))
-                        .map_err(unavailable)?;
-                    for row in rows {
-                        let (key, _) = row.map_err(unavailable)?;
-                        let id = key.value().2;
-                        if after_id.is_none_or(|a| id > a) {
-                            ids.insert(id.to_owned());
-                        }
-                    }
-                }
+                let ids: BTreeSet<String> = search
+                    .read()
+                    .map_err(|_| unavailable("the search index is poisoned"))?
+                    .ids_in(rt, ranges)
+                    .into_iter()
+                    .filter(|id| after_id.is_none_or(|a| id.as_str() > a))
+                    .collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
                     if let Some(version) = current.get((rt, id.as_str())).map_err(unavailable)? {

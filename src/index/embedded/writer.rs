@@ -7,8 +7,8 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::{
-    CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, SEARCH_KEYS,
-    StoredVersion, TYPE_HISTORY, UNREFERENCED, VERSIONS, decode, decode_record, unavailable,
+    CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, StoredVersion,
+    TYPE_HISTORY, UNREFERENCED, VERSIONS, decode, decode_record, unavailable,
 };
 use crate::index::{Commit, IndexError, Record, Searchable};
 
@@ -31,7 +31,12 @@ struct Op<T, F> {
     work: Option<F>,
     outcome: Option<Result<T, IndexError>>,
     reply: oneshot::Sender<Result<T, IndexError>>,
+    /// Run once the group is durable, with the outcome, before the reply goes out.
+    durable: Option<AfterDurable<T>>,
 }
+
+/// What runs once a write is durable (the in-memory search index's update).
+pub(super) type AfterDurable<T> = Box<dyn FnOnce(&T) + Send>;
 
 impl<T, F> Pending for Op<T, F>
 where
@@ -60,13 +65,19 @@ where
                 .outcome
                 .unwrap_or_else(|| Err(unavailable("the operation was not applied"))),
         };
+        if let (Ok(value), Some(durable)) = (&result, self.durable) {
+            durable(value);
+        }
         let _ = self.reply.send(result);
     }
 }
 
 impl WriteOp {
     /// An operation running `work` in the writer's transaction, and where its outcome arrives.
-    pub(super) fn new<T, F>(work: F) -> (WriteOp, oneshot::Receiver<Result<T, IndexError>>)
+    pub(super) fn new<T, F>(
+        work: F,
+        durable: Option<AfterDurable<T>>,
+    ) -> (WriteOp, oneshot::Receiver<Result<T, IndexError>>)
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, IndexError> + Send + 'static,
@@ -76,6 +87,7 @@ impl WriteOp {
             work: Some(work),
             outcome: None,
             reply,
+            durable,
         };
         (WriteOp(Box::new(op)), done)
     }
@@ -233,28 +245,15 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
     Ok(())
 }
 
-/// Makes `searchable`'s keys the ones `Type/id` is found by, removing the previous ones.
+/// Makes `searchable`'s keys the ones `Type/id` is found by: the durable copy, from which the
+/// in-memory index is updated once the transaction is durable (and rebuilt at start).
 fn replace_keys(
     txn: &WriteTransaction,
     rt: &str,
     id: &str,
     searchable: &Searchable,
 ) -> Result<(), IndexError> {
-    let mut search = txn.open_table(SEARCH_KEYS).map_err(unavailable)?;
     let mut current_keys = txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
-    let previous: Vec<String> = match current_keys.get((rt, id)).map_err(unavailable)? {
-        Some(bytes) => serde_json::from_slice(bytes.value())
-            .map_err(|e| IndexError::Corrupt(format!("the keys of {rt}/{id}: {e}")))?,
-        None => Vec::new(),
-    };
-    for key in &previous {
-        search.remove((rt, key.as_str(), id)).map_err(unavailable)?;
-    }
-    for key in &searchable.keys {
-        search
-            .insert((rt, key.as_str(), id), ())
-            .map_err(unavailable)?;
-    }
     let keys = serde_json::to_vec(&searchable.keys).map_err(unavailable)?;
     current_keys
         .insert((rt, id), keys.as_slice())
