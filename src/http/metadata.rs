@@ -33,7 +33,7 @@ pub async fn capability(
     let search_params = |ty: crate::fhir::resource::ResourceType| {
         registry
             .params_of(ty.as_str())
-            .into_iter()
+            .iter()
             .filter(|p| p.is_indexed())
             .map(|p| (p.code.clone(), p.kind.as_str().to_owned(), p.url.clone()))
             .collect()

@@ -700,7 +700,7 @@ fn include_targets(
         Some(param) => vec![param.clone()],
         None => registry
             .params_of(&record.resource_type)
-            .into_iter()
+            .iter()
             .filter(|p| p.kind == crate::search::params::ParamType::Reference)
             .map(|p| p.code.clone())
             .collect(),
