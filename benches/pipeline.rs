@@ -32,7 +32,13 @@ fn pipeline(c: &mut Criterion) {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+    let index = Arc::new(
+        EmbeddedIndex::open(
+            dir.path(),
+            intellihealth::index::embedded::AtRestKey::from_bytes([5; 32]),
+        )
+        .unwrap(),
+    );
     let vault = Vault::new(MasterKey::from_bytes([1; 32]), index);
     let aad = aad_for("Observation", "bench", 1);
     let sealed = runtime

@@ -58,8 +58,10 @@ bench_server_start() {
   server_pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$work/server.out" && break; sleep 0.1; done
   base=$(sed -n 's/.*listening on //p' "$work/server.out")
-  token=$(curl -s -u "bench:$secret" -d grant_type=client_credentials -d 'scope=system/*.cruds' \
-    "${base%/fhir}/auth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  # The client's credentials reach curl on stdin (a config), never on its command line.
+  token=$(printf 'user = "bench:%s"\n' "$secret" | curl -s -K - -d grant_type=client_credentials \
+    -d 'scope=system/*.cruds' "${base%/fhir}/auth/token" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 }
 
 # Generates, once, carebundle's synthetic records (PyPI carebundle==0.5.0: 1,000 patients,

@@ -26,7 +26,7 @@ use crate::fhir::instant::{format_instant, now_millis};
 use crate::http::{self, HttpSettings, HttpState};
 use crate::index::IndexStore;
 use crate::index::bounded::Bounded;
-use crate::index::embedded::EmbeddedIndex;
+use crate::index::embedded::{AtRestKey, EmbeddedIndex};
 use crate::index::mongo::MongoIndex;
 use crate::metrics;
 use crate::repository::Repository;
@@ -67,6 +67,9 @@ pub enum StartupError {
     Search(String),
 }
 
+/// The master key's derivation purpose for the embedded index's at-rest key.
+const EMBEDDED_INDEX_AT_REST: &str = "embedded-index-at-rest";
+
 /// The stores of the configured profile, and the vault over them.
 pub struct Stores {
     pub repo: Arc<Repository>,
@@ -100,8 +103,11 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
             Arc::new(connected.await)
         }
         None => Arc::new(
-            EmbeddedIndex::open(&config.data_dir)
-                .map_err(|e| StartupError::Index(e.to_string()))?,
+            EmbeddedIndex::open(
+                &config.data_dir,
+                AtRestKey::new(master.derive(EMBEDDED_INDEX_AT_REST)),
+            )
+            .map_err(|e| StartupError::Index(e.to_string()))?,
         ),
     };
     // Every consumer of a seam (repository, vault, authorization server) is bounded here.

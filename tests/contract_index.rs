@@ -334,7 +334,13 @@ async fn contract(store: Arc<dyn IndexStore>) {
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+    let store = Arc::new(
+        EmbeddedIndex::open(
+            dir.path(),
+            intellihealth::index::embedded::AtRestKey::from_bytes([5; 32]),
+        )
+        .unwrap(),
+    );
     (dir, store)
 }
 

@@ -24,6 +24,7 @@ use intellihealth::search::params::{ParamType, Registry};
 use intellihealth::search::query::{Strictness, parse};
 use intellihealth::vault::local::LocalBlobStore;
 use intellihealth::vault::{MasterKey, Vault};
+use mongodb::bson;
 
 const BASE: &str = "http://differential.example/fhir";
 
@@ -299,8 +300,13 @@ async fn run_all_pages(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_index_stores_answer_every_search_identically() {
     let dir = tempfile::tempdir().unwrap();
-    let embedded: Arc<dyn IndexStore> =
-        Arc::new(EmbeddedIndex::open(&dir.path().join("index")).unwrap());
+    let embedded: Arc<dyn IndexStore> = Arc::new(
+        EmbeddedIndex::open(
+            &dir.path().join("index"),
+            intellihealth::index::embedded::AtRestKey::from_bytes([5; 32]),
+        )
+        .unwrap(),
+    );
     let mongo: Arc<dyn IndexStore> = Arc::new(
         MongoIndex::connect(
             &common::services::fresh_database_uri("search_differential"),
@@ -385,4 +391,214 @@ async fn both_index_stores_answer_every_search_identically() {
         non_empty * 2 >= compared,
         "only {non_empty} of {compared} searches found anything: the corpus tests little"
     );
+}
+
+/// Every plan node of an `explain` answer, depth first.
+fn stages(plan: &bson::Document, out: &mut Vec<bson::Document>) {
+    out.push(plan.clone());
+    for key in ["inputStage", "outerStage", "innerStage"] {
+        if let Ok(inner) = plan.get_document(key) {
+            stages(inner, out);
+        }
+    }
+    if let Ok(inputs) = plan.get_array("inputStages") {
+        for inner in inputs.iter().filter_map(bson::Bson::as_document) {
+            stages(inner, out);
+        }
+    }
+}
+
+/// The ten most common search shapes (and a search with no criterion) are answered from an
+/// index on MongoDB: the winning plan scans the index named for it, never the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_search_shapes_are_index_backed_on_mongodb() {
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = Arc::new(
+        MongoIndex::connect(
+            &common::services::fresh_database_uri("search_explain"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap(),
+    );
+    let repo = repository(mongo.clone(), &dir.path().join("blobs"));
+    let shapes = [
+        "Patient",
+        "Observation",
+        "Encounter",
+        "Condition",
+        "MedicationRequest",
+    ];
+    let mut stored = 0;
+    for (ty, id, body) in examples() {
+        if shapes.contains(&ty.as_str()) {
+            stored += repo
+                .update(
+                    &Principal::internal(),
+                    ty,
+                    &id,
+                    body,
+                    Precondition::None,
+                    Handling::Lenient,
+                )
+                .await
+                .is_ok() as usize;
+        }
+    }
+    assert!(stored > 100, "only {stored} examples stored");
+    let searches = [
+        ("Patient", "name=pet", Some("type_1_keys_1")),
+        (
+            "Patient",
+            "identifier=urn:oid:1.2.36.146.595.217.0.1%7C12345",
+            Some("type_1_keys_1"),
+        ),
+        (
+            "Patient",
+            "family=chalmers&given=peter",
+            Some("type_1_keys_1"),
+        ),
+        ("Patient", "birthdate=lt1950", Some("type_1_keys_1")),
+        ("Patient", "_id=example", Some("type_1_keys_1")),
+        (
+            "Observation",
+            "patient=Patient/example&code=http://loinc.org%7C8867-4",
+            Some("type_1_keys_1"),
+        ),
+        (
+            "Observation",
+            "subject=Patient/example&date=ge2010",
+            Some("type_1_keys_1"),
+        ),
+        ("Observation", "value-quantity=gt100", Some("type_1_keys_1")),
+        (
+            "Observation",
+            "_lastUpdated=gt2020-01-01",
+            Some("type_1_keys_1"),
+        ),
+        (
+            "Encounter",
+            "patient=Patient/example",
+            Some("type_1_keys_1"),
+        ),
+        (
+            "Condition",
+            "patient=Patient/example&clinical-status=active",
+            Some("type_1_keys_1"),
+        ),
+        (
+            "MedicationRequest",
+            "patient=Patient/example&status=active",
+            Some("type_1_keys_1"),
+        ),
+        ("Observation", "", None),
+    ];
+    let registry = Registry::r4();
+    for (ty, query, index) in searches {
+        let ty = ResourceType::parse(ty).unwrap();
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let request = parse(registry, Some(ty), &pairs, Strictness::Strict).unwrap();
+        let planned = intellihealth::search::plan::plan(&request.criteria, BASE).unwrap();
+        let ranges = intellihealth::repository::search::key_ranges(planned.narrowing());
+        assert_eq!(
+            ranges.is_some(),
+            index.is_some(),
+            "{ty}?{query}: narrowed by keys: {ranges:?}"
+        );
+        let plans = mongo
+            .explain_candidates(&intellihealth::index::CandidateQuery {
+                resource_types: vec![ty.as_str().to_owned()],
+                key_ranges: ranges,
+                patient: None,
+                after: None,
+                limit: 50,
+            })
+            .await
+            .unwrap();
+        assert!(!plans.is_empty(), "{ty}?{query}: no find");
+        let expected = index.unwrap_or("type_1__id_1");
+        for plan in plans {
+            let winning = plan
+                .get_document("queryPlanner")
+                .and_then(|p| p.get_document("winningPlan"))
+                .unwrap_or_else(|e| panic!("{ty}?{query}: no winning plan ({e}): {plan}"));
+            let mut nodes = Vec::new();
+            stages(winning, &mut nodes);
+            let names: Vec<&str> = nodes
+                .iter()
+                .filter_map(|n| n.get_str("stage").ok())
+                .collect();
+            assert!(
+                !names.contains(&"COLLSCAN"),
+                "{ty}?{query} scans the collection: {winning}"
+            );
+            assert!(
+                nodes.iter().any(|n| n.get_str("stage") == Ok("IXSCAN")
+                    && n.get_str("indexName") == Ok(expected)),
+                "{ty}?{query} does not scan {expected}: {winning}"
+            );
+        }
+    }
+    // A patient's compartment (`$everything`, a `patient/` scope) is found by its own key.
+    let ranges = intellihealth::repository::search::candidate_ranges(None, Some("example"));
+    let plans = mongo
+        .explain_candidates(&intellihealth::index::CandidateQuery {
+            resource_types: vec!["Observation".to_owned()],
+            key_ranges: ranges,
+            patient: Some("example".to_owned()),
+            after: None,
+            limit: 50,
+        })
+        .await
+        .unwrap();
+    for plan in plans {
+        let winning = plan
+            .get_document("queryPlanner")
+            .and_then(|p| p.get_document("winningPlan"))
+            .unwrap();
+        let mut nodes = Vec::new();
+        stages(winning, &mut nodes);
+        assert!(
+            nodes.iter().any(|n| n.get_str("stage") == Ok("IXSCAN")
+                && n.get_str("indexName") == Ok("type_1_keys_1")),
+            "a compartment search does not scan type_1_keys_1: {winning}"
+        );
+    }
+
+    // Bounded in time: a search past the limit is refused as too costly, whatever it is.
+    let hurried = repository(mongo.clone(), &dir.path().join("blobs"))
+        .with_search_time_limit(Duration::from_micros(1));
+    let pairs = vec![
+        ("_revinclude".to_owned(), "*".to_owned()),
+        ("_sort".to_owned(), "-birthdate".to_owned()),
+        ("_total".to_owned(), "accurate".to_owned()),
+    ];
+    let ty = ResourceType::parse("Patient").unwrap();
+    let request = parse(registry, Some(ty), &pairs, Strictness::Strict).unwrap();
+    let scope = SearchScope {
+        types: vec![ty],
+        patient: None,
+    };
+    let first_page = PageRequest {
+        count: 20,
+        ..PageRequest::default()
+    };
+    let refused = hurried
+        .search(&Principal::internal(), &scope, &request, &first_page, BASE)
+        .await
+        .map(|page| page.matches.len())
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("took longer than"),
+        "{refused}"
+    );
+    // The same search without the bound answers.
+    let answered = repo
+        .search(&Principal::internal(), &scope, &request, &first_page, BASE)
+        .await
+        .unwrap();
+    assert!(!answered.matches.is_empty());
+    assert!(answered.total.is_some_and(|t| t >= answered.matches.len()));
 }

@@ -32,7 +32,8 @@ enum Command {
 struct SearchBenchArgs {
     #[arg(long, env = "FHIR_BASE_URL")]
     base_url: String,
-    #[arg(long, env = "FHIR_BEARER")]
+    /// From `FHIR_BEARER` (never a flag: secrets stay off command lines).
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
     bearer: Option<String>,
     /// A directory of .ndjson files of resources with ids (e.g. carebundle's).
     #[arg(long)]
@@ -52,7 +53,8 @@ struct SearchBenchArgs {
 struct SoakArgs {
     #[arg(long, env = "FHIR_BASE_URL")]
     base_url: String,
-    #[arg(long, env = "FHIR_BEARER")]
+    /// From `FHIR_BEARER` (never a flag: secrets stay off command lines).
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
     bearer: Option<String>,
     /// Resources to create and update: a directory of .ndjson/.json files.
     #[arg(long)]
@@ -77,8 +79,9 @@ struct RunArgs {
     /// The FHIR base URL, e.g. http://127.0.0.1:8080/fhir
     #[arg(long, env = "FHIR_BASE_URL")]
     base_url: Option<String>,
-    /// A bearer token sent with every request.
-    #[arg(long, env = "FHIR_BEARER")]
+    /// A bearer token sent with every request: from `FHIR_BEARER` only, never a flag, so it
+    /// stays off command lines.
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
     bearer: Option<String>,
     /// The unpacked hl7.fhir.r4.examples@4.0.1 package (default: the scripts' cache).
     #[arg(long)]
@@ -98,7 +101,8 @@ struct RunArgs {
 struct BenchArgs {
     #[arg(long, env = "FHIR_BASE_URL")]
     base_url: String,
-    #[arg(long, env = "FHIR_BEARER")]
+    /// From `FHIR_BEARER` (never a flag: secrets stay off command lines).
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
     bearer: Option<String>,
     /// Resources to create: a directory of .ndjson/.json files (default: the official examples).
     #[arg(long)]

@@ -198,6 +198,11 @@ pub async fn run(
             name: "Observation?subject:Patient.birthdate=lt1950 (_count=20)",
             make: Box::new(|_| "Observation?subject:Patient.birthdate=lt1950&_count=20".to_owned()),
         },
+        // carebundle's patients were born 1960-1989: this chain finds a few dozen of them.
+        Query {
+            name: "Observation?subject:Patient.birthdate=lt1962 (_count=20)",
+            make: Box::new(|_| "Observation?subject:Patient.birthdate=lt1962&_count=20".to_owned()),
+        },
         Query {
             name: "Patient/X/$everything",
             make: {

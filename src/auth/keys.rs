@@ -275,7 +275,13 @@ mod tests {
     #[tokio::test]
     async fn broken_keys_are_the_servers_fault() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let store: Arc<dyn IndexStore> = Arc::new(
+            EmbeddedIndex::open(
+                dir.path(),
+                crate::index::embedded::AtRestKey::from_bytes([5; 32]),
+            )
+            .unwrap(),
+        );
         let vault = Arc::new(Vault::new(MasterKey::from_bytes([5; 32]), store.clone()));
         let garbage = crate::index::Record {
             kind: KIND.into(),

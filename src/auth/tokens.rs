@@ -426,7 +426,13 @@ mod tests {
     /// A token service over its own embedded store and signing key.
     async fn service() -> (tempfile::TempDir, TokenService) {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let store: Arc<dyn IndexStore> = Arc::new(
+            EmbeddedIndex::open(
+                dir.path(),
+                crate::index::embedded::AtRestKey::from_bytes([5; 32]),
+            )
+            .unwrap(),
+        );
         let vault = Arc::new(Vault::new(MasterKey::from_bytes([3; 32]), store.clone()));
         let keyring = Keyring::open(store.clone(), vault).await.unwrap();
         let service = TokenService::new(Arc::new(keyring), store, External::new(Vec::new()));
@@ -438,7 +444,13 @@ mod tests {
     #[tokio::test]
     async fn a_revocation_on_one_replica_holds_on_another() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let store: Arc<dyn IndexStore> = Arc::new(
+            EmbeddedIndex::open(
+                dir.path(),
+                crate::index::embedded::AtRestKey::from_bytes([5; 32]),
+            )
+            .unwrap(),
+        );
         let replica = || async {
             let vault = Arc::new(Vault::new(MasterKey::from_bytes([3; 32]), store.clone()));
             let keyring = Keyring::open(store.clone(), vault).await.unwrap();

@@ -117,6 +117,9 @@ pub struct Definitions {
     /// Every concrete resource type of R4, sorted (includes `Parameters`).
     pub resource_types: Vec<String>,
     owners: HashMap<String, Owner>,
+    /// Every JSON key some choice element of R4 appears under (`valueQuantity`), to the
+    /// element's name (`value`).
+    choice_keys: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +149,7 @@ impl Definitions {
     }
 
     fn from_raw(raw: RawTable) -> Definitions {
+        let mut choice_keys = HashMap::new();
         let owners = raw
             .owners
             .into_iter()
@@ -167,6 +171,9 @@ impl Definitions {
                         } else {
                             name.clone()
                         };
+                        if is_choice {
+                            choice_keys.insert(key.clone(), name.clone());
+                        }
                         keys.push(key.clone());
                         owner.by_key.insert(key, (index, ty));
                     }
@@ -184,7 +191,15 @@ impl Definitions {
         Definitions {
             resource_types: raw.resources,
             owners,
+            choice_keys,
         }
+    }
+
+    /// Whether `key` is how the R4 choice element `name` appears in JSON: `valueQuantity` is
+    /// one of `value`; `statusReason` (an element of its own) is not one of `status`, nor
+    /// `statusReasonReference` (a choice of `statusReason`).
+    pub fn is_choice_of(&self, key: &str, name: &str) -> bool {
+        self.choice_keys.get(key).is_some_and(|stem| stem == name)
     }
 
     pub fn owner(&self, name: &str) -> Option<&Owner> {

@@ -1,6 +1,9 @@
 //! History at three levels (instance, type, system) as `history` Bundles: newest first,
 //! `_count` per page, `_since`, `_at`, a `first` link, and `next` links that carry an opaque
 //! cursor (the last entry of the page), so paging stays stable while new versions arrive.
+//! The first page counts the entries (up to `TOTAL_CAP`: past it the Bundle has no `total`
+//! rather than a guess) and the cursor carries that count to the later pages, which list the
+//! same history: versions written after the first page are newer than every cursor.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,6 +25,8 @@ use crate::repository::ResourceVersion;
 const DEFAULT_COUNT: usize = 50;
 const MAX_COUNT: usize = 1000;
 const CURSOR_PARAM: &str = "_cursor";
+/// Histories longer than this have no `total`: counting them would cost more than the page.
+const TOTAL_CAP: usize = 1000;
 
 #[utoipa::path(get, path = "/fhir/_history", tag = "history",
     params(("_count" = Option<usize>, Query), ("_since" = Option<String>, Query), ("_at" = Option<String>, Query)),
@@ -114,7 +119,18 @@ async fn respond(
     } else {
         None
     };
-    let bundle = bundle(&page, base, path, &params, next_cursor.as_ref());
+    let total = match (&params.cursor, next_cursor.is_some()) {
+        (Some(_), _) => params.total,
+        // One page is the whole history.
+        (None, false) => Some(page.len()),
+        (None, true) => {
+            state
+                .repo
+                .history_total(principal, &history_query, TOTAL_CAP)
+                .await?
+        }
+    };
+    let bundle = bundle(&page, base, path, &params, next_cursor.as_ref(), total);
     let mut response = (StatusCode::OK, negotiated.render(&bundle)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -131,6 +147,8 @@ struct HistoryParams {
     at: Option<(i64, i64)>,
     at_text: Option<String>,
     cursor: Option<HistoryCursor>,
+    /// The history's total, as the first page counted it (carried by the cursor).
+    total: Option<usize>,
 }
 
 impl HistoryParams {
@@ -142,6 +160,7 @@ impl HistoryParams {
             at: None,
             at_text: None,
             cursor: None,
+            total: None,
         };
         for (name, value) in query_pairs(query) {
             match name.as_str() {
@@ -175,7 +194,11 @@ impl HistoryParams {
                     })?);
                     params.at_text = Some(value);
                 }
-                CURSOR_PARAM => params.cursor = Some(decode_cursor(&value)?),
+                CURSOR_PARAM => {
+                    let (cursor, total) = decode_cursor(&value)?;
+                    params.cursor = Some(cursor);
+                    params.total = total;
+                }
                 // _format and _pretty are content negotiation's; other parameters are ignored,
                 // as FHIR lets a server do with parameters it does not support.
                 _ => {}
@@ -184,7 +207,13 @@ impl HistoryParams {
         Ok(params)
     }
 
-    fn link(&self, base: &BaseUrl, path: &str, cursor: Option<&HistoryCursor>) -> String {
+    fn link(
+        &self,
+        base: &BaseUrl,
+        path: &str,
+        cursor: Option<&HistoryCursor>,
+        total: Option<usize>,
+    ) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair("_count", &self.count.to_string());
         if let Some(since) = &self.since_text {
@@ -194,7 +223,7 @@ impl HistoryParams {
             query.append_pair("_at", at);
         }
         if let Some(cursor) = cursor {
-            query.append_pair(CURSOR_PARAM, &encode_cursor(cursor));
+            query.append_pair(CURSOR_PARAM, &encode_cursor(cursor, total));
         }
         format!("{}/{path}?{}", base.0, query.finish())
     }
@@ -204,33 +233,42 @@ fn preview(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-fn encode_cursor(cursor: &HistoryCursor) -> String {
-    let text = format!(
+/// `last_updated|type|id|version[|total]` (ids and types never contain `|`).
+fn encode_cursor(cursor: &HistoryCursor, total: Option<usize>) -> String {
+    let mut text = format!(
         "{}|{}|{}|{}",
         cursor.last_updated, cursor.resource_type, cursor.id, cursor.version
     );
+    if let Some(total) = total {
+        text.push_str(&format!("|{total}"));
+    }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-fn decode_cursor(token: &str) -> Result<HistoryCursor, ApiError> {
+fn decode_cursor(token: &str) -> Result<(HistoryCursor, Option<usize>), ApiError> {
     let invalid =
         || ApiError::BadRequest(format!("{CURSOR_PARAM} is not a cursor this server issued"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.splitn(4, '|');
+    let mut parts = text.splitn(5, '|');
     let (Some(last_updated), Some(resource_type), Some(id), Some(version)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(invalid());
     };
-    Ok(HistoryCursor {
+    let total = match parts.next() {
+        None => None,
+        Some(total) => Some(total.parse().map_err(|_| invalid())?),
+    };
+    let cursor = HistoryCursor {
         last_updated: last_updated.parse().map_err(|_| invalid())?,
         resource_type: resource_type.to_owned(),
         id: id.to_owned(),
         version: version.parse().map_err(|_| invalid())?,
-    })
+    };
+    Ok((cursor, total))
 }
 
 fn bundle(
@@ -239,11 +277,12 @@ fn bundle(
     path: &str,
     params: &HistoryParams,
     next: Option<&HistoryCursor>,
+    total: Option<usize>,
 ) -> Json {
     let link = |relation: &str, cursor: Option<&HistoryCursor>| {
         object([
             ("relation", Json::str(relation)),
-            ("url", Json::str(params.link(base, path, cursor))),
+            ("url", Json::str(params.link(base, path, cursor, total))),
         ])
     };
     // No `previous`: a cursor points forward only, which is what keeps pages stable while
@@ -262,6 +301,9 @@ fn bundle(
         ("type", Json::str("history")),
         ("link", Json::Array(links)),
     ]);
+    if let (Some(fields), Some(total)) = (bundle.as_object_mut(), total) {
+        fields.insert("total", Json::Number(total.to_string()));
+    }
     // FHIR JSON has no empty arrays: an empty page has no `entry` at all.
     if let Some(fields) = bundle.as_object_mut()
         && !page.is_empty()
@@ -320,7 +362,14 @@ mod tests {
             id: "a.b-c".into(),
             version: 7,
         };
-        assert_eq!(decode_cursor(&encode_cursor(&cursor)).unwrap(), cursor);
+        assert_eq!(
+            decode_cursor(&encode_cursor(&cursor, None)).unwrap(),
+            (cursor.clone(), None)
+        );
+        assert_eq!(
+            decode_cursor(&encode_cursor(&cursor, Some(1234))).unwrap(),
+            (cursor.clone(), Some(1234))
+        );
         assert!(decode_cursor("not-a-cursor").is_err());
         assert!(
             decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|2")).is_err()

@@ -331,12 +331,18 @@ struct PagePosition {
     snapshot: i64,
     after: Option<(String, String)>,
     offset: usize,
+    /// The total the first page gave (the same at the same snapshot), for later pages.
+    total: Option<usize>,
 }
 
 fn encode_page(position: &PagePosition) -> String {
+    let total = position.total.map(|t| t.to_string()).unwrap_or_default();
     let text = match &position.after {
-        Some((rt, id)) => format!("{}|a|{rt}|{id}|{}", position.snapshot, position.offset),
-        None => format!("{}|o|||{}", position.snapshot, position.offset),
+        Some((rt, id)) => format!(
+            "{}|a|{rt}|{id}|{}|{total}",
+            position.snapshot, position.offset
+        ),
+        None => format!("{}|o|||{}|{total}", position.snapshot, position.offset),
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
@@ -347,12 +353,19 @@ fn decode_page(token: &str) -> Result<PagePosition, ApiError> {
         .decode(token)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let parts: Vec<&str> = text.splitn(5, '|').collect();
-    let [snapshot, mode, rt, id, offset] = parts.as_slice() else {
-        return Err(invalid());
+    let parts: Vec<&str> = text.splitn(6, '|').collect();
+    let (snapshot, mode, rt, id, offset, total) = match parts.as_slice() {
+        [snapshot, mode, rt, id, offset, total] => (snapshot, mode, rt, id, offset, *total),
+        // Issued before pages carried their total.
+        [snapshot, mode, rt, id, offset] => (snapshot, mode, rt, id, offset, ""),
+        _ => return Err(invalid()),
     };
     let snapshot: i64 = snapshot.parse().map_err(|_| invalid())?;
     let offset: usize = offset.parse().map_err(|_| invalid())?;
+    let total = match total {
+        "" => None,
+        text => Some(text.parse::<usize>().map_err(|_| invalid())?),
+    };
     let after = match *mode {
         "a" => {
             ResourceType::parse(rt).map_err(|_| invalid())?;
@@ -365,6 +378,7 @@ fn decode_page(token: &str) -> Result<PagePosition, ApiError> {
         snapshot,
         after,
         offset,
+        total,
     })
 }
 
@@ -397,6 +411,7 @@ async fn respond(
         snapshot: position.as_ref().map(|p| p.snapshot),
         after: position.as_ref().and_then(|p| p.after.clone()),
         offset: position.as_ref().map_or(0, |p| p.offset),
+        total: position.as_ref().and_then(|p| p.total),
         count,
     };
     let result = state
@@ -446,6 +461,7 @@ fn bundle(
         snapshot: result.snapshot,
         after: page.after.clone(),
         offset: page.offset,
+        total: result.total,
     });
     let mut links = vec![
         object([
@@ -468,11 +484,13 @@ fn bundle(
                 snapshot: result.snapshot,
                 after: Some((rt.clone(), id.clone())),
                 offset: here + count,
+                total: result.total,
             },
             NextPage::Offset(offset) => PagePosition {
                 snapshot: result.snapshot,
                 after: None,
                 offset: *offset,
+                total: result.total,
             },
         };
         links.push(object([
@@ -488,6 +506,7 @@ fn bundle(
             snapshot: result.snapshot,
             after: None,
             offset: here.saturating_sub(count),
+            total: result.total,
         };
         links.push(object([
             ("relation", Json::str("previous")),
@@ -640,14 +659,21 @@ mod tests {
             snapshot: 1_700_000_000_000,
             after: Some(("Patient".into(), "a.b-c".into())),
             offset: 20,
+            total: Some(137),
         };
         assert_eq!(decode_page(&encode_page(&position)).unwrap(), position);
         let offset = PagePosition {
             snapshot: 5,
             after: None,
             offset: 40,
+            total: None,
         };
         assert_eq!(decode_page(&encode_page(&offset)).unwrap(), offset);
+        // A token issued before pages carried a total.
+        let older = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("5|o|||40");
+        assert_eq!(decode_page(&older).unwrap(), offset);
+        let bad_total = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("5|o|||40|x");
+        assert!(decode_page(&bad_total).is_err());
         assert!(decode_page("garbage").is_err());
         let bad_type = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|a|Nope|x|0");
         assert!(decode_page(&bad_type).is_err());

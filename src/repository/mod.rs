@@ -50,7 +50,12 @@ pub struct Repository {
     parameter_files: std::sync::RwLock<Vec<crate::search::params::RawParam>>,
     /// The reindex under way, or the last one, and whether it still runs.
     reindexing: std::sync::Mutex<(reindex::ReindexProgress, bool)>,
+    /// How long one search (every store call it makes, includes and counts) may take.
+    search_time_limit: std::time::Duration,
 }
+
+/// The default bound on one search's time: past it the client is told to narrow the search.
+pub const SEARCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One resource version with its content (none for a delete).
 #[derive(Debug)]
@@ -91,7 +96,14 @@ impl Repository {
             registry: std::sync::RwLock::new(Arc::new(Registry::with_custom(&[]))),
             parameter_files: std::sync::RwLock::new(Vec::new()),
             reindexing: std::sync::Mutex::new(Default::default()),
+            search_time_limit: SEARCH_TIME_LIMIT,
         }
+    }
+
+    /// Bounds each search's time by `limit` instead of `SEARCH_TIME_LIMIT`.
+    pub fn with_search_time_limit(mut self, limit: std::time::Duration) -> Repository {
+        self.search_time_limit = limit;
+        self
     }
 
     /// The search parameters in force.
@@ -158,19 +170,22 @@ async fn prepare(
     .await
 }
 
-/// What a resource version is found by under `registry`: its entries and their keys. Run on
-/// the blocking pool for a large resource (a Bundle of thousands of entries).
+/// What a resource version in `patients`' compartments is found by under `registry`: its
+/// entries and their keys. Run on the blocking pool for a large resource (a Bundle of
+/// thousands of entries).
 async fn searchable(
     registry: Arc<Registry>,
     resource_type: ResourceType,
     resource: &Json,
     size: usize,
+    patients: &[String],
 ) -> Searchable {
+    let patients = patients.to_vec();
     let make = move |registry: &Registry, resource: &Json| {
         let entries = extract(registry, resource_type.as_str(), resource);
         Searchable {
-            keys: keys_of(&entries),
-            entries: serde_json::to_vec(&entries).unwrap_or_default(),
+            keys: keys_of(&entries, &patients),
+            entries: crate::search::codec::encode(&entries),
             registry: registry.fingerprint(),
         }
     };

@@ -87,13 +87,13 @@ impl Repository {
         }
     }
 
-    /// A page of history (at most `query.limit` entries the principal may see), with the content
-    /// of every version that has some.
-    pub async fn history(
+    /// The history `query` as `principal` may list it: the permission it needs (checked) and
+    /// the query confined to the principal's patient, if any.
+    async fn history_for(
         &self,
         principal: &Principal,
         query: &HistoryQuery,
-    ) -> Result<Vec<ResourceVersion>, RepoError> {
+    ) -> Result<(Permission, HistoryQuery), RepoError> {
         let (permission, resource_type) = match &query.scope {
             HistoryScope::Instance { resource_type, .. } => {
                 (Permission::Read, Some(ResourceType::parse(resource_type)?))
@@ -110,6 +110,17 @@ impl Repository {
         query.patient = principal
             .confined_to(permission, resource_type.map(ResourceType::as_str))
             .map(str::to_owned);
+        Ok((permission, query))
+    }
+
+    /// A page of history (at most `query.limit` entries the principal may see), with the content
+    /// of every version that has some.
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        query: &HistoryQuery,
+    ) -> Result<Vec<ResourceVersion>, RepoError> {
+        let (permission, mut query) = self.history_for(principal, query).await?;
         let wanted = query.limit;
         let mut page = Vec::with_capacity(wanted);
         // Entries the principal may not see are skipped; keep reading until the page is full
@@ -142,6 +153,43 @@ impl Repository {
             self.instance_known(principal, resource_type, id).await?;
         }
         Ok(page)
+    }
+
+    /// How many entries the whole of history `query` has for `principal` (from its start,
+    /// whatever `query.after`), or `None` past `cap`: a total too costly to count.
+    pub async fn history_total(
+        &self,
+        principal: &Principal,
+        query: &HistoryQuery,
+        cap: usize,
+    ) -> Result<Option<usize>, RepoError> {
+        const BATCH: usize = 500;
+        let (permission, mut query) = self.history_for(principal, query).await?;
+        query.after = None;
+        let mut total = 0usize;
+        loop {
+            query.limit = BATCH;
+            let records = self.index.history(&query).await?;
+            let exhausted = records.len() < BATCH;
+            query.after = records.last().map(HistoryCursor::after);
+            for record in records {
+                let target = Target::Stored {
+                    record: &record,
+                    replacement: None,
+                };
+                if let Decision::Allowed { .. } =
+                    self.authorize(principal, permission, target).await?
+                {
+                    total += 1;
+                }
+            }
+            if total > cap {
+                return Ok(None);
+            }
+            if exhausted || query.after.is_none() {
+                return Ok(Some(total));
+            }
+        }
     }
 
     /// `Ok` if the resource exists and `principal` may read it; otherwise the 404 or the 403 a

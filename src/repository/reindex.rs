@@ -203,14 +203,21 @@ impl Repository {
     ) -> Result<(), RepoError> {
         let resource_type = ResourceType::parse(&record.resource_type)?;
         let (id, version) = (record.id.clone(), record.version);
+        let patients = record.patients.clone();
         let loaded = self.load(record).await?;
         let Some(content) = loaded.content else {
             return Ok(());
         };
         let resource = json::parse(&content)
             .map_err(|e| RepoError::Integrity(format!("stored content is not JSON: {e}")))?;
-        let searchable =
-            super::searchable(registry.clone(), resource_type, &resource, content.len()).await;
+        let searchable = super::searchable(
+            registry.clone(),
+            resource_type,
+            &resource,
+            content.len(),
+            &patients,
+        )
+        .await;
         // `false`: a newer version was written meanwhile and indexed itself.
         self.index
             .reindex(resource_type.as_str(), &id, version, searchable)

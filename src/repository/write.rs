@@ -163,8 +163,14 @@ impl Repository {
         }
         let key_owner = compartment.key_owner();
         let content = Arc::new(resource.to_bytes());
-        let searchable =
-            super::searchable(self.registry(), resource_type, resource, content.len()).await;
+        let searchable = super::searchable(
+            self.registry(),
+            resource_type,
+            resource,
+            content.len(),
+            &compartment.patients,
+        )
+        .await;
         let aad = aad_for(resource_type.as_str(), id, version);
         let sealed = self.vault.seal(&key_owner, &aad, content.clone()).await?;
         let content = Arc::try_unwrap(content).unwrap_or_else(|shared| shared.to_vec());

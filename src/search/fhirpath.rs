@@ -11,6 +11,7 @@
 //!
 //! Must not know about indexes or storage: it maps a resource to the nodes an expression selects.
 
+use crate::fhir::definitions::Definitions;
 use crate::fhir::json::Json;
 
 /// A compiled expression.
@@ -299,6 +300,13 @@ impl Parser {
                         root: Root::Focus,
                         steps: vec![step],
                     }
+                } else if first.starts_with(|c: char| c.is_ascii_lowercase()) {
+                    // Type names start upper-case; anything else is an element of the resource.
+                    let step = self.function_or_child(first)?;
+                    Expr::Path {
+                        root: Root::Resource,
+                        steps: vec![step],
+                    }
                 } else {
                     Expr::Path {
                         root: Root::Type(first),
@@ -497,6 +505,22 @@ impl Expr {
     }
 }
 
+/// Whether a value of type `actual` (a choice suffix) is a `wanted` (`as`/`ofType`): FHIR's
+/// specialisations count, so a `canonical` is a `uri` and an `Age` is a `Quantity`.
+fn is_a(actual: &str, wanted: &str) -> bool {
+    if actual.eq_ignore_ascii_case(wanted) {
+        return true;
+    }
+    let parent = match actual {
+        "Canonical" | "Url" | "Oid" | "Uuid" => "uri",
+        "Code" | "Id" | "Markdown" => "string",
+        "PositiveInt" | "UnsignedInt" => "integer",
+        "Age" | "Count" | "Distance" | "Duration" => "Quantity",
+        _ => return false,
+    };
+    parent.eq_ignore_ascii_case(wanted)
+}
+
 fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
     let mut out = Vec::new();
     match step {
@@ -510,6 +534,7 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
                         None
                     } else if let Some(suffix) = key.strip_prefix(name.as_str())
                         && suffix.starts_with(|c: char| c.is_ascii_uppercase())
+                        && Definitions::r4().is_choice_of(key, name)
                     {
                         Some(suffix)
                     } else {
@@ -531,7 +556,7 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
         Step::OfType(ty) => out.extend(
             nodes
                 .into_iter()
-                .filter(|n| n.type_hint.is_none_or(|hint| hint.eq_ignore_ascii_case(ty))),
+                .filter(|n| n.type_hint.is_none_or(|hint| is_a(hint, ty))),
         ),
         Step::ResolvesTo(ty) => out.extend(nodes.into_iter().filter(|n| {
             n.value

@@ -19,6 +19,10 @@
 //! | uri | `u` | the URI | equality, `:below` (a range) |
 //! | composite | (its first component's keys) | | its first component |
 //!
+//! Besides the entries' keys, a resource has one key per patient whose compartment it is in,
+//! `$patient ␁ p ␁ id` (`$` cannot start a parameter's code): what `$everything` and a
+//! `patient/`-scoped search narrow by when nothing narrower is asked.
+//!
 //! What has no key of its own (`:text`, `:contains`, `:missing=false`, a value-only
 //! `:identifier`, `ne`, `ap`) narrows to every key of its parameter: the range
 //! `[param ␁, param ␂)`. Keys are as few as the conditions need, since every key of every
@@ -34,6 +38,14 @@ use super::entries::{SearchEntry, Value};
 
 /// The separator inside a key.
 pub const SEP: char = '\u{1}';
+
+/// The pseudo-parameter of compartment keys.
+pub const COMPARTMENT_PARAM: &str = "$patient";
+
+/// The key of the resources in `patient`'s compartment (a patient id).
+pub fn compartment_key(patient: &str) -> String {
+    key(COMPARTMENT_PARAM, "p", patient)
+}
 
 /// A key of `param` in `form` with `value`.
 pub fn key(param: &str, form: &str, value: &str) -> String {
@@ -107,12 +119,14 @@ pub fn param_range(param: &str) -> (String, String) {
     (format!("{param}{SEP}"), format!("{param}\u{2}"))
 }
 
-/// Every key of a resource's entries, sorted, without repeats.
-pub fn keys_of(entries: &[SearchEntry]) -> Vec<String> {
-    let mut out = Vec::with_capacity(entries.len() * 3);
+/// Every key of a resource with these entries in these patients' compartments, sorted,
+/// without repeats.
+pub fn keys_of(entries: &[SearchEntry], patients: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(entries.len() * 3 + patients.len());
     for entry in entries {
         value_keys(&entry.param, &entry.value, &mut out);
     }
+    out.extend(patients.iter().map(|p| compartment_key(p)));
     out.sort_unstable();
     out.dedup();
     out
@@ -142,7 +156,7 @@ mod tests {
                 c: Some("1234-5".into()),
             },
         }];
-        let keys = keys_of(&entries);
+        let keys = keys_of(&entries, &[]);
         assert_eq!(
             keys,
             [

@@ -4,6 +4,7 @@
 //!
 //! Must not touch storage or keys: it reads resources and returns values.
 
+pub mod codec;
 pub mod compartment;
 pub mod entries;
 pub mod fhirpath;

@@ -300,7 +300,7 @@ impl Registry {
 
 /// The version of `search::entries`' and `search::keys`' rules: raise it when they change what
 /// is extracted or how it is keyed, and every stored resource is reindexed.
-const EXTRACTION_RULES: u32 = 2;
+const EXTRACTION_RULES: u32 = 3;
 
 /// FNV-1a, 64 bits: a hash whose value never changes with the compiler or the platform.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -375,6 +375,11 @@ fn branches_for(expression: &str, base: &str) -> Option<String> {
         .map(str::trim)
         .filter(|branch| {
             let root = branch.trim_start_matches('(');
+            // A branch that starts with an element name (`name | alias`) is relative to the
+            // resource itself, so it belongs to every base.
+            if root.starts_with(|c: char| c.is_ascii_lowercase()) {
+                return true;
+            }
             [base, "Resource", "DomainResource"].iter().any(|b| {
                 root.strip_prefix(b).is_some_and(|rest| {
                     rest.is_empty()

@@ -594,6 +594,24 @@ impl Filter {
 }
 
 impl Plan {
+    /// The parameters whose entries decide whether a resource passes (of a resolved plan).
+    pub fn params(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .filters
+            .iter()
+            .map(|f| match f {
+                Filter::Any { param, .. }
+                | Filter::NoneOf { param, .. }
+                | Filter::Present { param, .. }
+                | Filter::Chain { param, .. } => param.as_str(),
+                Filter::Has { reference, .. } => reference.as_str(),
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The best key condition to find candidates with, if any filter has one.
     pub fn narrowing(&self) -> Option<KeyCondition> {
         self.filters
@@ -697,7 +715,7 @@ mod tests {
         assert_eq!(passed, expected, "{query}");
         if passed && let Some(narrowing) = plan.narrowing() {
             assert!(
-                keys_of(&entries).iter().any(|k| narrowing.admits(k)),
+                keys_of(&entries, &[]).iter().any(|k| narrowing.admits(k)),
                 "{query}: a match the narrowing would miss"
             );
         }

@@ -1,4 +1,5 @@
-//! The master key: wraps and unwraps data keys, and nothing else.
+//! The master key: wraps and unwraps data keys, and derives the embedded index's at-rest key;
+//! nothing else.
 //!
 //! Where it comes from, in order: `INTELLIHEALTH_MASTER_KEY` (64 hex digits or base64 of 32
 //! bytes), a key file named by `--master-key-file`, or `DATA_DIR/master.key`, generated on first
@@ -87,6 +88,17 @@ impl MasterKey {
 
     /// Wraps a data key for `owner`: nonce ‖ XChaCha20-Poly1305(key), AAD binding the owner so a
     /// wrapped key cannot be moved to another patient.
+    /// A key of its own for `purpose` (HMAC-SHA256 of the purpose under the master key): the
+    /// same master key always derives the same key, and no derived key reveals another.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"intellihealth/derive/");
+        mac.update(purpose.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     pub fn wrap(&self, owner: &str, data_key: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; WRAP_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);

@@ -247,7 +247,13 @@ mod tests {
 
     async fn vault() -> (tempfile::TempDir, Vault) {
         let dir = tempfile::tempdir().unwrap();
-        let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let index = Arc::new(
+            EmbeddedIndex::open(
+                dir.path(),
+                crate::index::embedded::AtRestKey::from_bytes([5; 32]),
+            )
+            .unwrap(),
+        );
         (dir, Vault::new(MasterKey::from_bytes([7; 32]), index))
     }
 
@@ -306,7 +312,13 @@ mod tests {
     #[tokio::test]
     async fn a_different_master_key_is_refused_before_any_write() {
         let dir = tempfile::tempdir().unwrap();
-        let index: Arc<dyn IndexStore> = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let index: Arc<dyn IndexStore> = Arc::new(
+            EmbeddedIndex::open(
+                dir.path(),
+                crate::index::embedded::AtRestKey::from_bytes([5; 32]),
+            )
+            .unwrap(),
+        );
         let vault = Vault::new(MasterKey::from_bytes([7; 32]), index.clone());
         vault.verify_master_key().await.unwrap();
         vault.verify_master_key().await.unwrap();

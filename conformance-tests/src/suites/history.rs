@@ -98,6 +98,22 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
             && bundle_link(&first_page, "next").is_some(),
         String::new(),
     );
+    report.check(
+        SUITE,
+        "a history Bundle's total counts the whole history, not the page",
+        bundle["total"] == 5 && first_page["total"] == 5,
+        format!("{} and {}", bundle["total"], first_page["total"]),
+    );
+    let second_page = match bundle_link(&first_page, "next") {
+        Some(next) => c.get(&next).send().await.json().unwrap_or_default(),
+        None => Value::Null,
+    };
+    report.check(
+        SUITE,
+        "a later page carries the total the first page counted",
+        second_page["total"] == 5,
+        format!("{}", second_page["total"]),
+    );
 
     // _since and _at.
     let since = &stamps[2];

@@ -20,6 +20,7 @@
 //!
 //! Must not know what the CIDs point at or how keys are wrapped.
 
+mod at_rest;
 mod memory;
 mod reads;
 mod writer;
@@ -35,6 +36,7 @@ use super::{
     Candidate, CandidateQuery, Commit, HistoryQuery, IndexError, IndexStore, Record, Searchable,
     VersionRecord,
 };
+pub use at_rest::AtRestKey;
 use writer::{RecordOp, WriteOp, run_writer};
 
 const VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("versions");
@@ -63,6 +65,14 @@ pub struct EmbeddedIndex {
     writer: std::sync::mpsc::Sender<WriteOp>,
     /// The search index (see `memory`).
     search: Arc<std::sync::RwLock<memory::MemoryIndex>>,
+    at_rest: Arc<AtRestKey>,
+}
+
+/// A resource's search entries and keys as they are stored: sealed (see `at_rest`).
+pub(super) struct SealedSearch {
+    entries: Vec<u8>,
+    keys: Vec<u8>,
+    registry: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> IndexError {
@@ -78,8 +88,9 @@ fn decode_record(bytes: &[u8]) -> Result<Record, IndexError> {
 }
 
 impl EmbeddedIndex {
-    /// Opens (creating if needed) `data_dir/index.redb` and starts its writer thread.
-    pub fn open(data_dir: &Path) -> Result<EmbeddedIndex, IndexError> {
+    /// Opens (creating if needed) `data_dir/index.redb` and starts its writer thread; what it
+    /// stores about resources' content is sealed under `at_rest`.
+    pub fn open(data_dir: &Path, at_rest: AtRestKey) -> Result<EmbeddedIndex, IndexError> {
         std::fs::create_dir_all(data_dir).map_err(unavailable)?;
         let db = Database::create(data_dir.join("index.redb")).map_err(unavailable)?;
         let txn = db.begin_write().map_err(unavailable)?;
@@ -97,7 +108,10 @@ impl EmbeddedIndex {
             txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
-        let search = Arc::new(std::sync::RwLock::new(reads::load_search_index(&db)?));
+        let at_rest = Arc::new(at_rest);
+        let search = Arc::new(std::sync::RwLock::new(reads::load_search_index(
+            &db, &at_rest,
+        )?));
         let db = Arc::new(db);
         let (writer, inbox) = std::sync::mpsc::channel();
         let writer_db = db.clone();
@@ -105,7 +119,29 @@ impl EmbeddedIndex {
             .name("index-writer".into())
             .spawn(move || run_writer(&writer_db, &inbox))
             .map_err(unavailable)?;
-        Ok(EmbeddedIndex { db, writer, search })
+        Ok(EmbeddedIndex {
+            db,
+            writer,
+            search,
+            at_rest,
+        })
+    }
+
+    fn seal_search(
+        &self,
+        rt: &str,
+        id: &str,
+        version: u64,
+        searchable: &Searchable,
+    ) -> Result<SealedSearch, IndexError> {
+        let keys = serde_json::to_vec(&searchable.keys).map_err(unavailable)?;
+        Ok(SealedSearch {
+            entries: self
+                .at_rest
+                .seal(&at_rest::entries_aad(rt, id, version), &searchable.entries),
+            keys: self.at_rest.seal(&at_rest::keys_aad(rt, id), &keys),
+            registry: searchable.registry,
+        })
     }
 
     /// Runs a read on the blocking pool, against the shared database.
@@ -159,13 +195,17 @@ impl IndexStore for EmbeddedIndex {
             commit.record.id.clone(),
         );
         let keys = commit.searchable.keys.clone();
+        let sealed = self.seal_search(&rt, &id, commit.record.version, &commit.searchable)?;
         let durable: Box<dyn FnOnce(&()) + Send> = Box::new(move |()| {
             if let Ok(mut index) = search.write() {
                 index.set(&rt, &id, &keys);
             }
         });
-        self.write_then(move |txn| writer::apply_commit(txn, &commit), Some(durable))
-            .await
+        self.write_then(
+            move |txn| writer::apply_commit(txn, &commit, &sealed),
+            Some(durable),
+        )
+        .await
     }
 
     async fn current(
@@ -257,8 +297,8 @@ impl IndexStore for EmbeddedIndex {
 
     async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
         let query = query.clone();
-        let search = self.search.clone();
-        self.read(move |db| reads::candidates(db, &search, &query))
+        let (search, at_rest) = (self.search.clone(), self.at_rest.clone());
+        self.read(move |db| reads::candidates(db, &search, &at_rest, &query))
             .await
     }
 
@@ -269,7 +309,8 @@ impl IndexStore for EmbeddedIndex {
         version: u64,
     ) -> Result<Option<Vec<u8>>, IndexError> {
         let (rt, id) = (resource_type.to_owned(), id.to_owned());
-        self.read(move |db| reads::version_entries(db, &rt, &id, version))
+        let at_rest = self.at_rest.clone();
+        self.read(move |db| reads::version_entries(db, &at_rest, &rt, &id, version))
             .await
     }
 
@@ -283,13 +324,14 @@ impl IndexStore for EmbeddedIndex {
         let (rt, id) = (resource_type.to_owned(), id.to_owned());
         let search = self.search.clone();
         let (index_rt, index_id, keys) = (rt.clone(), id.clone(), searchable.keys.clone());
+        let sealed = self.seal_search(&rt, &id, version, &searchable)?;
         let durable: Box<dyn FnOnce(&bool) + Send> = Box::new(move |reindexed| {
             if *reindexed && let Ok(mut index) = search.write() {
                 index.set(&index_rt, &index_id, &keys);
             }
         });
         self.write_then(
-            move |txn| writer::apply_reindex(txn, &rt, &id, version, &searchable),
+            move |txn| writer::apply_reindex(txn, &rt, &id, version, &sealed),
             Some(durable),
         )
         .await
@@ -315,6 +357,10 @@ impl IndexStore for EmbeddedIndex {
 mod tests {
     use super::*;
 
+    fn test_key() -> AtRestKey {
+        AtRestKey::from_bytes([3; 32])
+    }
+
     /// The search index lives in memory: after a restart it is rebuilt from the durable keys.
     #[tokio::test]
     async fn the_search_index_survives_a_restart() {
@@ -339,7 +385,7 @@ mod tests {
             limit: 10,
         };
         {
-            let index = EmbeddedIndex::open(dir.path()).unwrap();
+            let index = EmbeddedIndex::open(dir.path(), test_key()).unwrap();
             let commit = Commit {
                 record,
                 replaces: None,
@@ -354,7 +400,7 @@ mod tests {
         }
         // The writer thread holds the database until its channel closes.
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let reopened = EmbeddedIndex::open(dir.path()).unwrap();
+        let reopened = EmbeddedIndex::open(dir.path(), test_key()).unwrap();
         assert_eq!(reopened.candidates(&query).await.unwrap().len(), 1);
     }
 
@@ -363,7 +409,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn reads_leave_the_runtime_free() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
+        let index = Arc::new(EmbeddedIndex::open(dir.path(), test_key()).unwrap());
         let reader = index.clone();
         let slow = tokio::spawn(async move {
             reader

@@ -7,6 +7,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use std::collections::BTreeSet;
 
+use super::at_rest::{self, AtRestKey};
 use super::{
     CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, TYPE_HISTORY,
     VERSIONS, decode, decode_record, memory::MemoryIndex, unavailable,
@@ -192,6 +193,7 @@ pub(super) fn list_records(db: &Database, kind: &str) -> Result<Vec<Record>, Ind
 
 pub(super) fn version_entries(
     db: &Database,
+    at_rest: &AtRestKey,
     resource_type: &str,
     id: &str,
     version: u64,
@@ -201,20 +203,27 @@ pub(super) fn version_entries(
     let row = entries
         .get((resource_type, id, version))
         .map_err(unavailable)?;
-    Ok(row.map(|v| v.value().to_vec()))
+    row.map(|v| open_entries(at_rest, resource_type, id, version, v.value()))
+        .transpose()
 }
 
 /// Candidates: ids from the key ranges (or every current resource of a type), then each one's
 /// current row and entries, in (type, id) order, all from one read transaction.
 /// The in-memory search index, from the durable keys of every current resource.
-pub(super) fn load_search_index(db: &Database) -> Result<MemoryIndex, IndexError> {
+pub(super) fn load_search_index(
+    db: &Database,
+    at_rest: &AtRestKey,
+) -> Result<MemoryIndex, IndexError> {
     let txn = db.begin_read().map_err(unavailable)?;
     let keys = txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
     let mut index = MemoryIndex::default();
     for row in keys.iter().map_err(unavailable)? {
         let (key, value) = row.map_err(unavailable)?;
         let (rt, id) = key.value();
-        let keys: Vec<String> = serde_json::from_slice(value.value())
+        let opened = at_rest
+            .open(&at_rest::keys_aad(rt, id), value.value())
+            .ok_or_else(|| not_opened(&format!("the search keys of {rt}/{id}")))?;
+        let keys: Vec<String> = serde_json::from_slice(&opened)
             .map_err(|e| IndexError::Corrupt(format!("the keys of {rt}/{id}: {e}")))?;
         index.set(rt, id, &keys);
     }
@@ -224,6 +233,7 @@ pub(super) fn load_search_index(db: &Database) -> Result<MemoryIndex, IndexError
 pub(super) fn candidates(
     db: &Database,
     search: &std::sync::RwLock<MemoryIndex>,
+    at_rest: &AtRestKey,
     query: &CandidateQuery,
 ) -> Result<Vec<Candidate>, IndexError> {
     let txn = db.begin_read().map_err(unavailable)?;
@@ -298,11 +308,13 @@ pub(super) fn candidates(
             {
                 continue;
             }
-            let found = entries
+            let found = match entries
                 .get((rt, id.as_str(), version))
                 .map_err(unavailable)?
-                .map(|v| v.value().to_vec())
-                .unwrap_or_default();
+            {
+                Some(sealed) => open_entries(at_rest, rt, &id, version, sealed.value())?,
+                None => Vec::new(),
+            };
             out.push(Candidate {
                 record,
                 entries: found,
@@ -313,6 +325,26 @@ pub(super) fn candidates(
         }
     }
     Ok(out)
+}
+
+fn open_entries(
+    at_rest: &AtRestKey,
+    rt: &str,
+    id: &str,
+    version: u64,
+    sealed: &[u8],
+) -> Result<Vec<u8>, IndexError> {
+    at_rest
+        .open(&at_rest::entries_aad(rt, id, version), sealed)
+        .ok_or_else(|| not_opened(&format!("the search entries of {rt}/{id}/{version}")))
+}
+
+/// A sealed value that does not open: tampered with, or sealed under another master key.
+fn not_opened(what: &str) -> IndexError {
+    IndexError::Corrupt(format!(
+        "{what} do not open: the master key is not the one this data directory was sealed \
+         with (another INTELLIHEALTH_MASTER_KEY or key file?), or the index was altered"
+    ))
 }
 
 /// Current resources whose keys were made by another registry.

@@ -6,11 +6,12 @@
 use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::SealedSearch;
 use super::{
     CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, StoredVersion,
     TYPE_HISTORY, UNREFERENCED, VERSIONS, decode, decode_record, unavailable,
 };
-use crate::index::{Commit, IndexError, Record, Searchable};
+use crate::index::{Commit, IndexError, Record};
 
 /// Most operations folded into one transaction; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -187,7 +188,11 @@ pub(super) fn apply_sighting(
     Ok(now)
 }
 
-pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<(), IndexError> {
+pub(super) fn apply_commit(
+    txn: &WriteTransaction,
+    commit: &Commit,
+    sealed: &SealedSearch,
+) -> Result<(), IndexError> {
     let record = &commit.record;
     let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
     let mut current = txn.open_table(CURRENT).map_err(unavailable)?;
@@ -224,12 +229,9 @@ pub(super) fn apply_commit(txn: &WriteTransaction, commit: &Commit) -> Result<()
         .map_err(unavailable)?;
     let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
     entries
-        .insert(
-            (rt, id, record.version),
-            commit.searchable.entries.as_slice(),
-        )
+        .insert((rt, id, record.version), sealed.entries.as_slice())
         .map_err(unavailable)?;
-    replace_keys(txn, rt, id, &commit.searchable)?;
+    replace_keys(txn, rt, id, sealed)?;
     let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
     history
         .insert((record.last_updated, rt, id, record.version), ())
@@ -251,16 +253,15 @@ fn replace_keys(
     txn: &WriteTransaction,
     rt: &str,
     id: &str,
-    searchable: &Searchable,
+    sealed: &SealedSearch,
 ) -> Result<(), IndexError> {
     let mut current_keys = txn.open_table(CURRENT_KEYS).map_err(unavailable)?;
-    let keys = serde_json::to_vec(&searchable.keys).map_err(unavailable)?;
     current_keys
-        .insert((rt, id), keys.as_slice())
+        .insert((rt, id), sealed.keys.as_slice())
         .map_err(unavailable)?;
     let mut indexed = txn.open_table(INDEXED_WITH).map_err(unavailable)?;
     indexed
-        .insert((rt, id), searchable.registry)
+        .insert((rt, id), sealed.registry)
         .map_err(unavailable)?;
     Ok(())
 }
@@ -271,7 +272,7 @@ pub(super) fn apply_reindex(
     rt: &str,
     id: &str,
     version: u64,
-    searchable: &Searchable,
+    sealed: &SealedSearch,
 ) -> Result<bool, IndexError> {
     let current = txn.open_table(CURRENT).map_err(unavailable)?;
     let newest = current
@@ -284,9 +285,9 @@ pub(super) fn apply_reindex(
     }
     let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
     entries
-        .insert((rt, id, version), searchable.entries.as_slice())
+        .insert((rt, id, version), sealed.entries.as_slice())
         .map_err(unavailable)?;
-    replace_keys(txn, rt, id, searchable)?;
+    replace_keys(txn, rt, id, sealed)?;
     Ok(true)
 }
 

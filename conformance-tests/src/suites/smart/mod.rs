@@ -6,6 +6,7 @@
 //! through `.well-known/smart-configuration`, as an app would.
 
 mod flow;
+mod search;
 
 pub use flow::*;
 
@@ -325,13 +326,13 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
     );
 
     // A granular v2 scope: only the laboratory Observations of the patient.
-    match patient_tokens(
+    let granular = patient_tokens(
         &d,
         fx,
         "launch/patient patient/Observation.rs?category=laboratory",
     )
-    .await
-    {
+    .await;
+    match &granular {
         Ok(granular) => {
             let c = with_token(ctx, granular.access_token().secret());
             let lab = c
@@ -353,9 +354,21 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
             SUITE,
             "a granular scope (?category=laboratory) reaches lab results and not vital signs",
             false,
-            e,
+            e.clone(),
         ),
     }
+    search::patient_scoped_search(
+        ctx,
+        fx,
+        tokens.access_token().secret(),
+        granular
+            .as_ref()
+            .ok()
+            .map(|t| t.access_token().secret().as_str()),
+        &observations,
+        report,
+    )
+    .await;
 
     // Refresh with rotation; a rotated token presented again revokes the family.
     let first_refresh = refresh_secret(&tokens);

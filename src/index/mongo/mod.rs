@@ -8,9 +8,10 @@
 //! - `current`: one document per resource, `_id` = `Type/id`: the current version's record,
 //!   its search `keys` (one multikey index on (type, keys) serves every search: the
 //!   MongoDB-compatible server of the services profile uses an index for one equality, one
-//!   `$in` or one range, never for `$elemMatch`, `$and` or `$or`), its entries (`search`,
-//!   opaque bytes) and the registry fingerprint that made them. A commit is a compare-and-set
-//!   on this document.
+//!   `$in` or one range, never for `$elemMatch`, `$and` or `$or`; each find names that index,
+//!   or (type, _id) for a search without a key, since that server's planner otherwise scans
+//!   the collection), its entries (`search`, opaque bytes) and the registry fingerprint that
+//!   made them. A commit is a compare-and-set on this document.
 //! - `data_keys`: `_id` = owner, the wrapped data key.
 //! - `unreferenced`: `_id` = CID, `first_seen`: the sweeper's sightings.
 //! - `records`: `_id` = `kind|key`, the authorization server's small records.
@@ -30,17 +31,24 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
-use serde::{Deserialize, Serialize};
+
+mod documents;
+
+use documents::{
+    CurrentDoc, KeyDoc, RecordDoc, VersionDoc, binary, live, record_id, resource_key, version_key,
+};
 
 use super::{
-    Candidate, CandidateQuery, Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Method,
-    Record, Searchable, VersionRecord, as_equality,
+    Candidate, CandidateQuery, Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Record,
+    Searchable, VersionRecord, as_equality,
 };
 
 const DEFAULT_DATABASE: &str = "intellihealth";
 const DUPLICATE_KEY: i32 = 11000;
-/// 9999-12-31T23:59:59.999Z.
-const LAST_STORABLE_MS: i64 = 253_402_300_799_999;
+/// The multikey index on (type, keys) that serves every narrowed search.
+const KEYS_INDEX: &str = "type_1_keys_1";
+/// The index on (type, _id) that serves searches with no narrowing key.
+const TYPE_SCAN_INDEX: &str = "type_1__id_1";
 
 pub struct MongoIndex {
     client: Client,
@@ -51,211 +59,6 @@ pub struct MongoIndex {
     records: Collection<RecordDoc>,
     /// Where the server is, for `/health` and logs (credentials removed).
     description: String,
-}
-
-/// A `versions` document: the record, flattened, plus the entries it had when current.
-#[derive(Serialize, Deserialize)]
-struct VersionDoc {
-    #[serde(rename = "_id")]
-    key: String,
-    #[serde(rename = "type")]
-    resource_type: String,
-    id: String,
-    version: i64,
-    last_updated: i64,
-    superseded_at: Option<i64>,
-    method: Method,
-    cid: Option<String>,
-    digest: Option<String>,
-    key_owner: Option<String>,
-    patients: Vec<String>,
-    /// The version's search entries (absent in versions written before search existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    search: Option<bson::Binary>,
-}
-
-/// A `current` document: the current version's record, flattened, with what finds it.
-#[derive(Serialize, Deserialize)]
-struct CurrentDoc {
-    #[serde(rename = "_id")]
-    key: String,
-    #[serde(rename = "type")]
-    resource_type: String,
-    id: String,
-    version: i64,
-    #[serde(default)]
-    last_updated: i64,
-    #[serde(default = "method_update")]
-    method: Method,
-    #[serde(default)]
-    cid: Option<String>,
-    #[serde(default)]
-    digest: Option<String>,
-    #[serde(default)]
-    key_owner: Option<String>,
-    #[serde(default)]
-    patients: Vec<String>,
-    #[serde(default)]
-    keys: Vec<String>,
-    #[serde(default)]
-    search: Option<bson::Binary>,
-    /// The registry fingerprint (as i64: BSON has no u64) that made `keys`; absent before
-    /// search existed, so such documents read as stale.
-    #[serde(default)]
-    registry: Option<i64>,
-}
-
-fn method_update() -> Method {
-    Method::Update
-}
-
-fn binary(bytes: &[u8]) -> bson::Binary {
-    bson::Binary {
-        subtype: bson::spec::BinarySubtype::Generic,
-        bytes: bytes.to_vec(),
-    }
-}
-
-impl CurrentDoc {
-    fn from_commit(commit: &Commit) -> CurrentDoc {
-        let r = &commit.record;
-        CurrentDoc {
-            key: resource_key(&r.resource_type, &r.id),
-            resource_type: r.resource_type.clone(),
-            id: r.id.clone(),
-            version: r.version as i64,
-            last_updated: r.last_updated,
-            method: r.method,
-            cid: r.cid.clone(),
-            digest: r.digest.clone(),
-            key_owner: r.key_owner.clone(),
-            patients: r.patients.clone(),
-            keys: commit.searchable.keys.clone(),
-            search: Some(binary(&commit.searchable.entries)),
-            registry: Some(commit.searchable.registry as i64),
-        }
-    }
-
-    fn into_candidate(self) -> Candidate {
-        Candidate {
-            entries: self.search.map(|b| b.bytes).unwrap_or_default(),
-            record: VersionRecord {
-                resource_type: self.resource_type,
-                id: self.id,
-                version: self.version as u64,
-                last_updated: self.last_updated,
-                superseded_at: None,
-                method: self.method,
-                cid: self.cid,
-                digest: self.digest,
-                key_owner: self.key_owner,
-                patients: self.patients,
-            },
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct RecordDoc {
-    #[serde(rename = "_id")]
-    id: String,
-    kind: String,
-    key: String,
-    value: bson::Binary,
-    expires_at: Option<i64>,
-    /// `expires_at` as a BSON date, for MongoDB's TTL index (which reads only dates): real
-    /// MongoDB deletes expired records itself; the purge deletes them on servers without TTL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expires: Option<bson::DateTime>,
-}
-
-impl RecordDoc {
-    fn from_record(record: Record) -> RecordDoc {
-        RecordDoc {
-            id: record_id(&record.kind, &record.key),
-            kind: record.kind,
-            key: record.key,
-            value: bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: record.value,
-            },
-            expires_at: record.expires_at,
-            // Clamped to the last millisecond of year 9999: a later date is a "never" that
-            // not every server can store as a BSON date.
-            expires: record
-                .expires_at
-                .map(|at| bson::DateTime::from_millis(at.min(LAST_STORABLE_MS))),
-        }
-    }
-
-    fn into_record(self) -> Record {
-        Record {
-            kind: self.kind,
-            key: self.key,
-            value: self.value.bytes,
-            expires_at: self.expires_at,
-        }
-    }
-}
-
-/// Kinds are the server's own constants and never contain `|`.
-fn record_id(kind: &str, key: &str) -> String {
-    format!("{kind}|{key}")
-}
-
-fn live(doc: Option<RecordDoc>) -> Option<Record> {
-    let now = crate::fhir::instant::now_millis();
-    doc.map(RecordDoc::into_record).filter(|r| r.live_at(now))
-}
-
-#[derive(Serialize, Deserialize)]
-struct KeyDoc {
-    #[serde(rename = "_id")]
-    owner: String,
-    wrapped: bson::Binary,
-}
-
-impl VersionDoc {
-    fn from_commit(commit: &Commit) -> VersionDoc {
-        let r = &commit.record;
-        VersionDoc {
-            key: version_key(&r.resource_type, &r.id, r.version),
-            resource_type: r.resource_type.clone(),
-            id: r.id.clone(),
-            version: r.version as i64,
-            last_updated: r.last_updated,
-            superseded_at: r.superseded_at,
-            method: r.method,
-            cid: r.cid.clone(),
-            digest: r.digest.clone(),
-            key_owner: r.key_owner.clone(),
-            patients: r.patients.clone(),
-            search: Some(binary(&commit.searchable.entries)),
-        }
-    }
-
-    fn into_record(self) -> VersionRecord {
-        VersionRecord {
-            resource_type: self.resource_type,
-            id: self.id,
-            version: self.version as u64,
-            last_updated: self.last_updated,
-            superseded_at: self.superseded_at,
-            method: self.method,
-            cid: self.cid,
-            digest: self.digest,
-            key_owner: self.key_owner,
-            patients: self.patients,
-        }
-    }
-}
-
-fn version_key(resource_type: &str, id: &str, version: u64) -> String {
-    format!("{resource_type}/{id}/{version}")
-}
-
-fn resource_key(resource_type: &str, id: &str) -> String {
-    format!("{resource_type}/{id}")
 }
 
 fn unavailable(e: impl std::fmt::Display) -> IndexError {
@@ -291,6 +94,93 @@ fn durable() -> WriteConcern {
         .w(Acknowledgment::Majority)
         .journal(true)
         .build()
+}
+
+/// One `find` on `current` of a candidate query, and the index it must use.
+struct CandidateFind {
+    filter: Document,
+    index: &'static str,
+}
+
+/// The finds that together answer `query`: one index-backed key condition each (several
+/// ranges are several finds, merged in `_id` order). The index is named, not left to the
+/// planner: the services profile's server otherwise scans the collection when the filter
+/// also tests fields outside the index.
+fn candidate_finds(query: &CandidateQuery) -> Vec<CandidateFind> {
+    let conditions: Vec<Option<Document>> = match &query.key_ranges {
+        None => vec![None],
+        Some(ranges) => {
+            let equalities: Option<Vec<&str>> = ranges
+                .iter()
+                .map(|(from, to)| as_equality(from, to))
+                .collect();
+            match equalities {
+                Some(keys) => vec![Some(doc! {"keys": {"$in": keys}})],
+                None => ranges
+                    .iter()
+                    .map(|(from, to)| Some(doc! {"keys": {"$gte": from, "$lt": to}}))
+                    .collect(),
+            }
+        }
+    };
+    conditions
+        .into_iter()
+        .map(|condition| {
+            let mut filter = match query.resource_types.as_slice() {
+                [one] => doc! {"type": one},
+                many => doc! {"type": {"$in": many}},
+            };
+            let index = match condition {
+                Some(condition) => {
+                    filter.extend(condition);
+                    KEYS_INDEX
+                }
+                None => TYPE_SCAN_INDEX,
+            };
+            if let Some(patient) = &query.patient {
+                filter.insert("patients", patient);
+            }
+            if let Some((rt, id)) = &query.after {
+                filter.insert("_id", doc! {"$gt": resource_key(rt, id)});
+            }
+            filter.insert("method", doc! {"$ne": "Delete"});
+            // Not yet indexed (written before search existed): found once reindexed.
+            filter.insert("registry", doc! {"$exists": true});
+            CandidateFind { filter, index }
+        })
+        .collect()
+}
+
+impl MongoIndex {
+    /// The server's query plans (`explain`, `queryPlanner` verbosity) for the finds that
+    /// answer `query`: how a test proves the common searches are index-backed.
+    pub async fn explain_candidates(
+        &self,
+        query: &CandidateQuery,
+    ) -> Result<Vec<Document>, IndexError> {
+        let database = self.current.namespace().db;
+        let mut plans = Vec::new();
+        for find in candidate_finds(query) {
+            let command = doc! {
+                "explain": {
+                    "find": self.current.name(),
+                    "filter": find.filter,
+                    "sort": {"_id": 1},
+                    "limit": query.limit as i64,
+                    "hint": find.index,
+                },
+                "verbosity": "queryPlanner",
+            };
+            let plan = self
+                .client
+                .database(&database)
+                .run_command(command)
+                .await
+                .map_err(unavailable)?;
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
 }
 
 impl MongoIndex {
@@ -353,10 +243,16 @@ impl MongoIndex {
         let current = [
             IndexModel::builder()
                 .keys(doc! {"type": 1, "keys": 1})
+                .options(IndexOptions::builder().name(KEYS_INDEX.to_owned()).build())
                 .build(),
             // Type scans (a search with no narrowing criterion) and reindexing.
             IndexModel::builder()
                 .keys(doc! {"type": 1, "_id": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name(TYPE_SCAN_INDEX.to_owned())
+                        .build(),
+                )
                 .build(),
         ];
         self.current
@@ -695,45 +591,12 @@ impl IndexStore for MongoIndex {
     }
 
     async fn candidates(&self, query: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
-        // One index-backed key condition per query: several ranges are several queries,
-        // merged in _id order.
-        let conditions: Vec<Option<Document>> = match &query.key_ranges {
-            None => vec![None],
-            Some(ranges) => {
-                let equalities: Option<Vec<&str>> = ranges
-                    .iter()
-                    .map(|(from, to)| as_equality(from, to))
-                    .collect();
-                match equalities {
-                    Some(keys) => vec![Some(doc! {"keys": {"$in": keys}})],
-                    None => ranges
-                        .iter()
-                        .map(|(from, to)| Some(doc! {"keys": {"$gte": from, "$lt": to}}))
-                        .collect(),
-                }
-            }
-        };
         let mut merged: std::collections::BTreeMap<String, CurrentDoc> = Default::default();
-        for condition in conditions {
-            let mut filter = match query.resource_types.as_slice() {
-                [one] => doc! {"type": one},
-                many => doc! {"type": {"$in": many}},
-            };
-            if let Some(condition) = condition {
-                filter.extend(condition);
-            }
-            if let Some(patient) = &query.patient {
-                filter.insert("patients", patient);
-            }
-            if let Some((rt, id)) = &query.after {
-                filter.insert("_id", doc! {"$gt": resource_key(rt, id)});
-            }
-            filter.insert("method", doc! {"$ne": "Delete"});
-            // Not yet indexed (written before search existed): found once reindexed.
-            filter.insert("registry", doc! {"$exists": true});
+        for find in candidate_finds(query) {
             let cursor = self
                 .current
-                .find(filter)
+                .find(find.filter)
+                .hint(mongodb::options::Hint::Name(find.index.to_owned()))
                 .sort(doc! {"_id": 1})
                 .limit(query.limit as i64)
                 .await

@@ -17,6 +17,8 @@
 //! shown, as it was at the snapshot (its version current then), so a later page neither skips
 //! nor repeats an entry, whatever was written meanwhile.
 
+mod include;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::authorize::{Decision, Target};
@@ -25,11 +27,17 @@ use crate::auth::{Permission, Principal};
 use crate::fhir::instant::now_millis;
 use crate::fhir::resource::ResourceType;
 use crate::index::{CandidateQuery, HistoryQuery, HistoryScope, VersionRecord};
+use crate::search::codec;
 use crate::search::entries::{SearchEntry, Value};
 use crate::search::plan::{Filter, KeyCondition, Plan, SortValue, Test, plan, sort_value};
-use crate::search::query::{Include, QueryError, SearchRequest, SortKey, TokenSystem};
+use crate::search::query::{QueryError, SearchRequest, SortKey, TokenSystem, Total};
 
-/// Candidates asked of the store at a time.
+/// Candidates asked of the store at first: a page's worth and some to spare for those the
+/// exact tests reject; each further round asks twice as many, up to `MAX_BATCH` (a store
+/// finds a batch by scanning its key ranges again, so few rounds keep a long search linear).
+const FIRST_BATCH: usize = 100;
+const MAX_BATCH: usize = 8_000;
+/// Versions asked of history at a time (writes since a snapshot).
 const BATCH: usize = 500;
 /// Most resources a chain's or `_has`'s inner search may match.
 pub const MAX_CHAIN_MATCHES: usize = 1_000;
@@ -64,6 +72,8 @@ pub struct PageRequest {
     pub offset: usize,
     /// The page size; 0 asks only for the total.
     pub count: usize,
+    /// The total an earlier page of this search gave (at the same snapshot it is the same).
+    pub total: Option<usize>,
 }
 
 /// Where the next page starts.
@@ -94,15 +104,28 @@ struct Matched {
     opened: Option<Vec<u8>>,
 }
 
-fn decode_entries(bytes: &[u8]) -> Result<Vec<SearchEntry>, RepoError> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| RepoError::Integrity(format!("unreadable search entries: {e}")))
+/// The entries of the parameters a plan tests (`tested`) and `keep` names.
+fn decode_wanted(
+    bytes: &[u8],
+    tested: &[&str],
+    keep: Keep<'_>,
+) -> Result<Vec<SearchEntry>, RepoError> {
+    let decoded = match keep {
+        Keep::All => codec::decode(bytes, |_| true),
+        Keep::Plan => codec::decode(bytes, |p| tested.contains(&p)),
+        Keep::Also(also) => codec::decode(bytes, |p| {
+            tested.contains(&p) || also.iter().any(|a| a == p)
+        }),
+    };
+    decoded.map_err(|e| RepoError::Integrity(e.to_string()))
 }
 
-fn key_ranges(condition: Option<KeyCondition>) -> Option<Vec<(String, String)>> {
+fn decode_entries(bytes: &[u8]) -> Result<Vec<SearchEntry>, RepoError> {
+    codec::decode(bytes, |_| true).map_err(|e| RepoError::Integrity(e.to_string()))
+}
+
+/// The key ranges a store finds candidates by, from a plan's narrowing condition.
+pub fn key_ranges(condition: Option<KeyCondition>) -> Option<Vec<(String, String)>> {
     condition.map(|c| match c {
         KeyCondition::Equals(keys) => keys
             .into_iter()
@@ -112,13 +135,55 @@ fn key_ranges(condition: Option<KeyCondition>) -> Option<Vec<(String, String)>> 
     })
 }
 
+/// The key ranges to find a search's candidates by: when a patient bounds the search, that
+/// patient's compartment key (a patient's resources are few) unless the plan looks up ids;
+/// otherwise the plan's narrowing.
+pub fn candidate_ranges(
+    narrowing: Option<KeyCondition>,
+    patient: Option<&str>,
+) -> Option<Vec<(String, String)>> {
+    let by_id = |keys: &std::collections::BTreeSet<String>| {
+        let id_prefix = format!("_id{}", crate::search::keys::SEP);
+        keys.iter().all(|k| k.starts_with(&id_prefix))
+    };
+    match (narrowing, patient) {
+        (Some(KeyCondition::Equals(keys)), _) if by_id(&keys) => {
+            key_ranges(Some(KeyCondition::Equals(keys)))
+        }
+        (_, Some(patient)) => Some(vec![crate::index::equality_range(
+            &crate::search::keys::compartment_key(patient),
+        )]),
+        (narrowing, None) => key_ranges(narrowing),
+    }
+}
+
 fn too_costly(why: String) -> RepoError {
     RepoError::Search(QueryError::TooCostly(why))
 }
 
 impl Repository {
-    /// Runs `request` over `scope` for `principal` and returns the page asked for.
+    /// Runs `request` over `scope` for `principal` and returns the page asked for, within
+    /// the search time limit (a search past it is refused as too costly, not left running).
     pub async fn search(
+        &self,
+        principal: &Principal,
+        scope: &SearchScope,
+        request: &SearchRequest,
+        page: &PageRequest,
+        local_base: &str,
+    ) -> Result<SearchPage, RepoError> {
+        let limit = self.search_time_limit;
+        let run = self.search_unbounded(principal, scope, request, page, local_base);
+        match tokio::time::timeout(limit, run).await {
+            Ok(result) => result,
+            Err(_) => Err(too_costly(format!(
+                "the search took longer than {} ms; narrow it",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    async fn search_unbounded(
         &self,
         principal: &Principal,
         scope: &SearchScope,
@@ -153,11 +218,15 @@ impl Repository {
             }
         };
         let after = if sorted { None } else { page.after.clone() };
+        let first_page = after.is_none() && page.offset == 0;
+        let sort_params: Vec<String> = request.sort.iter().map(|k| k.code.clone()).collect();
         let search = Run {
             principal: Some(principal),
             types: &types,
             patient: patient.as_deref(),
             snapshot,
+            budget: MAX_EXAMINED,
+            keep: Keep::Also(&sort_params),
         };
         let (mut matches, exhausted) = self.matching(&search, &resolved, after, want).await?;
         if sorted && matches.len() > MAX_SORTED {
@@ -165,7 +234,11 @@ impl Repository {
                 "a sorted search may have at most {MAX_SORTED} matches; narrow it, or sort by _id"
             )));
         }
-        let mut total = (exhausted || sorted || page.count == 0).then_some(matches.len());
+        // Known for free: every match seen (on the first page only: a later one saw only
+        // those after its position), or carried from the first page.
+        let mut total = page
+            .total
+            .or(((exhausted && first_page) || sorted || page.count == 0).then_some(matches.len()));
         if sorted {
             sort(&mut matches, &request.sort);
             total = Some(matches.len());
@@ -190,9 +263,15 @@ impl Repository {
                 _ => None,
             };
         }
-        if total.is_none() && request.total != crate::search::query::Total::None {
-            total = Some(self.count(&search, &resolved).await?);
-        }
+        total = match (total, request.total) {
+            (Some(known), _) => Some(known),
+            (None, Total::None) => None,
+            (None, Total::Accurate | Total::Estimate) => {
+                Some(self.count(&search, &resolved).await?)
+            }
+            // Counting would examine every match: a total costs nothing only when known.
+            (None, Total::IfKnown) => None,
+        };
         let mut loaded = Vec::with_capacity(matches.len());
         for m in matches {
             loaded.push(self.content(m).await?);
@@ -209,7 +288,6 @@ impl Repository {
         })
     }
 
-    /// Counts every match (authorized), without opening content unless a scope needs it.
     async fn count(&self, search: &Run<'_>, plan: &Plan) -> Result<usize, RepoError> {
         let (all, _) = self.matching(search, plan, None, usize::MAX).await?;
         Ok(all.len())
@@ -229,50 +307,56 @@ impl Repository {
         }
         // Writes after the snapshot: those resources are judged as they were then.
         let changed = self.changed_since(search, plan, &after).await?;
-        let ranges = key_ranges(plan.narrowing());
+        let ranges = candidate_ranges(plan.narrowing(), search.patient);
+        let tested = plan.params();
         let mut out: Vec<Matched> = Vec::new();
         let mut cursor = after.clone();
         let mut examined = 0usize;
         let mut exhausted = false;
-        while out.len() < want {
+        let mut batch_size = FIRST_BATCH.max(want.saturating_add(1).min(MAX_BATCH));
+        'rounds: while out.len() < want {
             let query = CandidateQuery {
                 resource_types: search.types.to_vec(),
                 key_ranges: ranges.clone(),
                 patient: search.patient.map(str::to_owned),
                 after: cursor.clone(),
-                limit: BATCH,
+                limit: batch_size,
             };
             let batch = self.index.candidates(&query).await?;
-            let done = batch.len() < BATCH;
-            examined += batch.len();
-            if examined > MAX_EXAMINED {
-                return Err(too_costly(format!(
-                    "the search would examine more than {MAX_EXAMINED} resources; narrow it"
-                )));
-            }
-            cursor = batch
-                .last()
-                .map(|c| (c.record.resource_type.clone(), c.record.id.clone()));
-            for candidate in batch {
+            let last_round = batch.len() < batch_size;
+            let in_batch = batch.len();
+            for (n, candidate) in batch.into_iter().enumerate() {
+                examined += 1;
+                if examined > search.budget {
+                    return Err(too_costly(format!(
+                        "the search would examine more than {} resources; narrow it",
+                        search.budget
+                    )));
+                }
                 let key = (
                     candidate.record.resource_type.clone(),
                     candidate.record.id.clone(),
                 );
-                if changed.contains_key(&key) || candidate.record.last_updated > search.snapshot {
-                    continue;
+                cursor = Some(key.clone());
+                if !changed.contains_key(&key) && candidate.record.last_updated <= search.snapshot {
+                    let entries = decode_wanted(&candidate.entries, &tested, search.keep)?;
+                    if plan.passes(&entries)
+                        && let Some(m) = self.admit(search, candidate.record, entries).await?
+                    {
+                        out.push(m);
+                    }
                 }
-                let entries = decode_entries(&candidate.entries)?;
-                if !plan.passes(&entries) {
-                    continue;
-                }
-                if let Some(m) = self.admit(search, candidate.record, entries).await? {
-                    out.push(m);
+                if out.len() >= want {
+                    // Enough; the rest of the batch is for another page.
+                    exhausted = last_round && n + 1 == in_batch;
+                    break 'rounds;
                 }
             }
-            if done {
+            if last_round {
                 exhausted = true;
                 break;
             }
+            batch_size = (batch_size * 2).min(MAX_BATCH);
         }
         // The resources written since the snapshot, as they were at it, merged in order.
         let upper = if exhausted { None } else { cursor.clone() };
@@ -286,7 +370,7 @@ impl Repository {
                 .version_entries(&rt, &id, record.version)
                 .await?
                 .unwrap_or_default();
-            let entries = decode_entries(&bytes)?;
+            let entries = decode_wanted(&bytes, &tested, search.keep)?;
             if plan.passes(&entries)
                 && let Some(m) = self.admit(search, record, entries).await?
             {
@@ -444,6 +528,7 @@ impl Repository {
                                     &inner,
                                     patient,
                                     snapshot,
+                                    Keep::Plan,
                                 )
                                 .await?;
                             tests.extend(
@@ -461,8 +546,9 @@ impl Repository {
                     } => {
                         let sources = [source];
                         let inner = self.resolve(*inner, &sources, patient, snapshot).await?;
+                        let keep = [reference.clone()];
                         let found = self
-                            .inner_matches(&sources, &inner, patient, snapshot)
+                            .inner_matches(&sources, &inner, patient, snapshot, Keep::Also(&keep))
                             .await?;
                         // The ids of resources of the searched types the sources point at.
                         let mut ids = BTreeSet::new();
@@ -503,12 +589,15 @@ impl Repository {
         plan: &Plan,
         patient: Option<&str>,
         snapshot: i64,
+        keep: Keep<'_>,
     ) -> Result<Vec<Matched>, RepoError> {
         let run = Run {
             principal: None,
             types,
             patient,
             snapshot,
+            budget: MAX_EXAMINED,
+            keep,
         };
         let (found, _) = self
             .matching(&run, plan, None, MAX_CHAIN_MATCHES + 1)
@@ -531,148 +620,29 @@ impl Repository {
             None => self.load(m.record).await,
         }
     }
-
-    /// `_include` and `_revinclude` for a page, authorized like reads, without repeats.
-    async fn includes(
-        &self,
-        principal: &Principal,
-        request: &SearchRequest,
-        page: &[ResourceVersion],
-        patient: Option<&str>,
-        snapshot: i64,
-    ) -> Result<Vec<ResourceVersion>, RepoError> {
-        if request.includes.is_empty() && request.revincludes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let registry = self.registry();
-        let mut seen: BTreeSet<(String, String)> = page
-            .iter()
-            .map(|v| (v.record.resource_type.clone(), v.record.id.clone()))
-            .collect();
-        let mut included: Vec<ResourceVersion> = Vec::new();
-        // Round 0 works on the page; `:iterate` includes work on what the last round added.
-        let mut frontier: Vec<(VersionRecord, Vec<SearchEntry>)> = Vec::new();
-        for version in page {
-            let bytes = self
-                .index
-                .version_entries(
-                    &version.record.resource_type,
-                    &version.record.id,
-                    version.record.version,
-                )
-                .await?
-                .unwrap_or_default();
-            frontier.push((version.record.clone(), decode_entries(&bytes)?));
-        }
-        for round in 0..=MAX_ITERATIONS {
-            let mut added: Vec<(VersionRecord, Vec<SearchEntry>)> = Vec::new();
-            for include in request.includes.iter().filter(|i| round == 0 || i.iterate) {
-                for (record, entries) in &frontier {
-                    if include.source != "*" && include.source != record.resource_type {
-                        continue;
-                    }
-                    for reference in include_targets(&registry, include, record, entries) {
-                        let Some((rt, id)) = reference.split_once('/') else {
-                            continue;
-                        };
-                        let key = (rt.to_owned(), id.to_owned());
-                        if seen.contains(&key) || ResourceType::parse(rt).is_err() {
-                            continue;
-                        }
-                        seen.insert(key);
-                        if let Some(found) = self.include_one(principal, rt, id).await? {
-                            added.push(found);
-                        }
-                    }
-                }
-            }
-            for include in request
-                .revincludes
-                .iter()
-                .filter(|i| round == 0 || i.iterate)
-            {
-                let refs: Vec<Test> = frontier
-                    .iter()
-                    .map(|(r, _)| Test::Ref(format!("{}/{}", r.resource_type, r.id)))
-                    .collect();
-                if refs.is_empty() {
-                    continue;
-                }
-                let Some(param) = &include.param else {
-                    continue;
-                };
-                let plan = Plan {
-                    filters: vec![Filter::Any {
-                        param: param.clone(),
-                        tests: refs,
-                    }],
-                };
-                let run = Run {
-                    principal: Some(principal),
-                    types: std::slice::from_ref(&include.source),
-                    patient,
-                    snapshot,
-                };
-                let (found, _) = self.matching(&run, &plan, None, MAX_INCLUDES + 1).await?;
-                for m in found {
-                    let key = (m.record.resource_type.clone(), m.record.id.clone());
-                    if seen.insert(key) {
-                        added.push((m.record, m.entries));
-                    }
-                }
-            }
-            if added.is_empty() {
-                break;
-            }
-            for (record, _) in &added {
-                if included.len() >= MAX_INCLUDES {
-                    return Err(too_costly(format!(
-                        "_include and _revinclude may add at most {MAX_INCLUDES} resources to a page"
-                    )));
-                }
-                included.push(self.load(record.clone()).await?);
-            }
-            frontier = added;
-        }
-        Ok(included)
-    }
-
-    /// One resource to include, if it exists and the principal may read it.
-    async fn include_one(
-        &self,
-        principal: &Principal,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Option<(VersionRecord, Vec<SearchEntry>)>, RepoError> {
-        let Some(record) = self.index.current(resource_type, id).await? else {
-            return Ok(None);
-        };
-        if record.deleted() || principal.check(Permission::Read, resource_type).is_err() {
-            return Ok(None);
-        }
-        let target = Target::Stored {
-            record: &record,
-            replacement: None,
-        };
-        if let Decision::Denied = self.authorize(principal, Permission::Read, target).await? {
-            return Ok(None);
-        }
-        let bytes = self
-            .index
-            .version_entries(resource_type, id, record.version)
-            .await?
-            .unwrap_or_default();
-        Ok(Some((record, decode_entries(&bytes)?)))
-    }
 }
 
 /// What a search (or an inner search) runs as.
+#[derive(Clone, Copy)]
 struct Run<'a> {
     /// `None` for an inner search, whose matches are never shown.
     principal: Option<&'a Principal>,
     types: &'a [String],
     patient: Option<&'a str>,
     snapshot: i64,
+    /// Most candidates it may examine.
+    budget: usize,
+    /// The entries its matches keep, besides those its plan tests.
+    keep: Keep<'a>,
+}
+
+/// Which entries of a match are decoded besides those the plan tests (the others are skipped
+/// undecoded: most of a candidate's cost).
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    Plan,
+    Also(&'a [String]),
+    All,
 }
 
 /// Whether a filter can match nothing at all (a chain that found nothing).
@@ -687,37 +657,6 @@ fn narrowed_patient(principal: &Principal, types: &[ResourceType]) -> Option<Str
         .map(|t| principal.confined_to(Permission::Search, Some(t.as_str())));
     let first = confined.next().flatten()?;
     confined.all(|c| c == Some(first)).then(|| first.to_owned())
-}
-
-/// The references an `_include` follows from one resource.
-fn include_targets(
-    registry: &crate::search::params::Registry,
-    include: &Include,
-    record: &VersionRecord,
-    entries: &[SearchEntry],
-) -> Vec<String> {
-    let params: Vec<String> = match &include.param {
-        Some(param) => vec![param.clone()],
-        None => registry
-            .params_of(&record.resource_type)
-            .iter()
-            .filter(|p| p.kind == crate::search::params::ParamType::Reference)
-            .map(|p| p.code.clone())
-            .collect(),
-    };
-    let mut out = Vec::new();
-    for entry in entries.iter().filter(|e| params.contains(&e.param)) {
-        if let Value::Ref { r, t } = &entry.value {
-            let type_ok = include.target.as_ref().is_none_or(|wanted| {
-                t.as_ref() == Some(wanted) || r.starts_with(&format!("{wanted}/"))
-            });
-            // Only references to this server (relative) can be included.
-            if type_ok && !r.contains("://") && r.split('/').count() == 2 && !out.contains(r) {
-                out.push(r.clone());
-            }
-        }
-    }
-    out
 }
 
 /// Sorts matches by the sort keys (a resource without a value for a key sorts last), then by
