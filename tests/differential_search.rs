@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conformance_tests::suites::examples::DEFINITION_TYPES;
 use intellihealth::auth::Principal;
 use intellihealth::fhir::json::{self, Json};
 use intellihealth::fhir::resource::ResourceType;
@@ -27,25 +28,6 @@ use intellihealth::vault::{MasterKey, Vault};
 use mongodb::bson;
 
 const BASE: &str = "http://differential.example/fhir";
-
-/// Definition types: not example records.
-const SKIPPED: &[&str] = &[
-    "CapabilityStatement",
-    "CodeSystem",
-    "CompartmentDefinition",
-    "ConceptMap",
-    "GraphDefinition",
-    "ImplementationGuide",
-    "MessageDefinition",
-    "NamingSystem",
-    "OperationDefinition",
-    "SearchParameter",
-    "StructureDefinition",
-    "StructureMap",
-    "TerminologyCapabilities",
-    "ValueSet",
-    "Bundle",
-];
 
 fn repository(index: Arc<dyn IndexStore>, blobs_dir: &std::path::Path) -> Repository {
     let blobs = Arc::new(LocalBlobStore::open(blobs_dir).unwrap());
@@ -81,7 +63,8 @@ fn examples() -> Vec<(ResourceType, String, Vec<u8>)> {
         ) else {
             continue;
         };
-        if SKIPPED.contains(&ty) {
+        // Definition types and Bundles are not example records.
+        if ty == "Bundle" || DEFINITION_TYPES.contains(&ty) {
             continue;
         }
         let Ok(ty) = ResourceType::parse(ty) else {

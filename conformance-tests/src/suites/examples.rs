@@ -18,7 +18,7 @@ use crate::report::Report;
 const SUITE: &str = "examples";
 
 /// Conformance and terminology types: in the package, but not example *records*.
-const DEFINITION_TYPES: &[&str] = &[
+pub const DEFINITION_TYPES: &[&str] = &[
     "CapabilityStatement",
     "CodeSystem",
     "CompartmentDefinition",
