@@ -31,13 +31,15 @@ ensure_python() {
 # Installs an npm package at an exact version into $INTELLIHEALTH_CACHE/NAME, once.
 # Usage: npm_cached NAME PACKAGE@VERSION; prints the node_modules directory.
 npm_cached() {
-  local name=$1 spec=$2 dir="$INTELLIHEALTH_CACHE/$1"
-  if [ ! -f "$dir/.installed-$spec" ]; then
+  local name=$1 spec=$2 dir="$INTELLIHEALTH_CACHE/$1" marker
+  # A scoped package's spec has a slash; its marker file must not.
+  marker="$dir/.installed-${spec//\//_}"
+  if [ ! -f "$marker" ]; then
     ensure_npm
     say "installing npm $spec into $dir"
     mkdir -p "$dir"
     (cd "$dir" && npm install --no-audit --no-fund --loglevel=error "$spec" >/dev/null)
-    touch "$dir/.installed-$spec"
+    touch "$marker"
   fi
   printf '%s\n' "$dir/node_modules"
 }

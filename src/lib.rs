@@ -25,6 +25,8 @@ pub mod http;
 #[cfg(feature = "server")]
 pub mod index;
 #[cfg(feature = "server")]
+pub mod ledger;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod repository;

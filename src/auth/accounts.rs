@@ -12,9 +12,6 @@
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -98,11 +95,7 @@ impl Client {
 
 /// Hashes a secret with argon2id, synchronously: for the CLI, which has no requests to stall.
 pub fn hash_secret(secret: &str) -> String {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .unwrap_or_default()
+    super::password::hash(secret).unwrap_or_default()
 }
 
 /// Hashes a secret with argon2id off the async workers.
@@ -137,11 +130,7 @@ pub async fn check_secret(hash: Option<&str>, secret: &str) -> bool {
 }
 
 pub fn verify_secret(hash: &str, secret: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok()
-    })
+    super::password::verify(hash, secret)
 }
 
 pub struct Accounts {

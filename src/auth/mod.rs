@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod external;
 pub mod keys;
+pub mod password;
 pub mod records;
 pub mod scopes;
 pub mod server;

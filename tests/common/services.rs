@@ -12,6 +12,16 @@ pub fn ipfs_api() -> String {
     required("INTELLIHEALTH_IPFS_API")
 }
 
+/// The Ethereum node's JSON-RPC URL (anvil).
+pub fn eth_rpc() -> String {
+    required("INTELLIHEALTH_ETH_RPC")
+}
+
+/// A file holding the hex private key of a funded account on that node.
+pub fn eth_key_file() -> String {
+    required("INTELLIHEALTH_ETH_KEY_FILE")
+}
+
 fn required(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(

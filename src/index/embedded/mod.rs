@@ -60,6 +60,11 @@ struct StoredVersion {
     record: VersionRecord,
 }
 
+/// redb's page cache. Its default (1 GiB) let a long-running server's memory grow by the
+/// size of every page it ever wrote until the gigabyte was reached (the soak, BENCHMARKS.md);
+/// pages past this are read again from the file, which the OS caches anyway.
+const PAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 pub struct EmbeddedIndex {
     db: Arc<Database>,
     writer: std::sync::mpsc::Sender<WriteOp>,
@@ -92,7 +97,10 @@ impl EmbeddedIndex {
     /// stores about resources' content is sealed under `at_rest`.
     pub fn open(data_dir: &Path, at_rest: AtRestKey) -> Result<EmbeddedIndex, IndexError> {
         std::fs::create_dir_all(data_dir).map_err(unavailable)?;
-        let db = Database::create(data_dir.join("index.redb")).map_err(unavailable)?;
+        let db = Database::builder()
+            .set_cache_size(PAGE_CACHE_BYTES)
+            .create(data_dir.join("index.redb"))
+            .map_err(unavailable)?;
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(VERSIONS).map_err(unavailable)?;
