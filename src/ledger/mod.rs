@@ -17,6 +17,7 @@
 pub mod bindings;
 pub mod consent;
 pub mod embedded;
+pub mod identity;
 pub mod rpc;
 
 use alloy::primitives::{Address, B256, Bytes, Log};

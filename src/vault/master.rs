@@ -86,8 +86,6 @@ impl MasterKey {
         }
     }
 
-    /// Wraps a data key for `owner`: nonce ‖ XChaCha20-Poly1305(key), AAD binding the owner so a
-    /// wrapped key cannot be moved to another patient.
     /// A key of its own for `purpose` (HMAC-SHA256 of the purpose under the master key): the
     /// same master key always derives the same key, and no derived key reveals another.
     pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
@@ -99,6 +97,8 @@ impl MasterKey {
         Zeroizing::new(mac.finalize().into_bytes().into())
     }
 
+    /// Wraps a data key for `owner`: nonce ‖ XChaCha20-Poly1305(key), AAD binding the owner so a
+    /// wrapped key cannot be moved to another patient.
     pub fn wrap(&self, owner: &str, data_key: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; WRAP_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
