@@ -12,7 +12,7 @@
 //! the caller's bound says so (`Stale`), and the caller fails closed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256, keccak256};
@@ -66,6 +66,9 @@ struct State {
     heard_at: Option<Instant>,
 }
 
+/// The key of the grant for every type (`*`), made once: every decision looks it up.
+static ANY_TYPE: LazyLock<B256> = LazyLock::new(|| type_key("*"));
+
 /// The key of a resource type as the contract stores it.
 pub fn type_key(resource_type: &str) -> B256 {
     keccak256(resource_type.as_bytes())
@@ -104,7 +107,7 @@ impl ConsentCache {
                 .get(&(patient, grantee, key))
                 .is_some_and(|p| p.actions & action == action && now < p.expiry)
         };
-        if covers(type_key(resource_type)) || covers(type_key("*")) {
+        if covers(type_key(resource_type)) || covers(*ANY_TYPE) {
             Decision::Allowed
         } else {
             Decision::Denied

@@ -444,14 +444,13 @@ impl Chain {
         self.enter_block(number, timestamp);
         let mut txs = Vec::with_capacity(to_mine.len());
         let mut outcomes = Vec::with_capacity(to_mine.len());
+        // Each sender's outcome: its transaction's place in the block, or why there is none.
         for (to, input, reply) in to_mine {
-            match self.execute(self.sender, to, input) {
-                Ok(tx) => {
-                    txs.push(tx.clone());
-                    outcomes.push((Ok(tx), reply));
-                }
-                Err(e) => outcomes.push((Err(e), reply)),
-            }
+            let placed = self.execute(self.sender, to, input).map(|tx| {
+                txs.push(tx);
+                txs.len() - 1
+            });
+            outcomes.push((placed, reply));
         }
         let block = StoredBlock {
             number,
@@ -477,7 +476,7 @@ impl Chain {
             self.remember_logs(number, tx);
         }
         for (outcome, reply) in outcomes {
-            let _ = reply.send(outcome.and_then(|tx| receipt_of(&tx, number)));
+            let _ = reply.send(outcome.and_then(|at| receipt_of(&block.txs[at], number)));
         }
     }
 

@@ -112,11 +112,7 @@ pub(crate) fn revert_reason(data: &[u8]) -> String {
         if data.is_empty() {
             "reverted without a reason".to_owned()
         } else {
-            format!("reverted (0x{})", hex(data))
+            format!("reverted ({})", alloy::hex::encode_prefixed(data))
         }
     })
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
