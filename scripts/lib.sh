@@ -48,15 +48,20 @@ npm_cached() {
 # WORK, a backend client `bench` with system scopes (its secret in WORK/bench.secret), the
 # sweeper off. Sets server_pid, base (the FHIR base URL) and token (a client_credentials access
 # token). The caller stops server_pid. INTELLIHEALTH_BIN picks another build of the server
-# (an older one, to compare). Usage: bench_server_start WORK
+# (an older one, to compare); BENCH_SERVER_ARGS adds serve flags. Usage: bench_server_start WORK
 bench_server_start() {
   local work=$1 secret bin=${INTELLIHEALTH_BIN:-./target/release/intellihealth}
   secret=$(head -c 24 /dev/urandom | base64)
   printf '%s\n' "$secret" >"$work/bench.secret"
-  "$bin" clients add --id bench --secret-file "$work/bench.secret" \
+  # The bench client is the EHR of record (a custodian), so reads need no grant; a build from
+  # before consent has no such flag.
+  local custodian=()
+  "$bin" clients add --help | grep -q -- --custodian && custodian=(--custodian)
+  "$bin" clients add --id bench --secret-file "$work/bench.secret" "${custodian[@]}" \
     --scope 'system/*.cruds' --data-dir "$work/data" >/dev/null
+  # shellcheck disable=SC2086 # BENCH_SERVER_ARGS: more serve flags, split on spaces
   "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
-    --sweep-interval-secs 0 >"$work/server.out" 2>"$work/server.err" &
+    --sweep-interval-secs 0 ${BENCH_SERVER_ARGS:-} >"$work/server.out" 2>"$work/server.err" &
   server_pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$work/server.out" && break; sleep 0.1; done
   base=$(sed -n 's/.*listening on //p' "$work/server.out")

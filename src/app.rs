@@ -22,12 +22,17 @@ use crate::auth::keys::Keyring;
 use crate::auth::server::AuthServer;
 use crate::auth::tokens::TokenService;
 use crate::config::{Config, MasterKeySource, redact_userinfo};
+use crate::consent::{Consent, ConsentSettings};
 use crate::fhir::instant::{format_instant, now_millis};
 use crate::http::{self, HttpSettings, HttpState};
 use crate::index::IndexStore;
 use crate::index::bounded::Bounded;
 use crate::index::embedded::{AtRestKey, EmbeddedIndex};
 use crate::index::mongo::MongoIndex;
+use crate::ledger::Ledger;
+use crate::ledger::embedded::EmbeddedLedger;
+use crate::ledger::identity::IDENTITY_PURPOSE;
+use crate::ledger::rpc::{RpcLedger, RpcSettings};
 use crate::metrics;
 use crate::repository::Repository;
 use crate::vault::blob::BlobStore;
@@ -36,6 +41,7 @@ use crate::vault::cached::Cached as CachedBlobs;
 use crate::vault::ipfs::IpfsBlobStore;
 use crate::vault::local::LocalBlobStore;
 use crate::vault::{MasterKey, Vault};
+use alloy::signers::local::PrivateKeySigner;
 
 /// Makes a panic log where it happened, never what it said: a panic's message can quote the
 /// data being handled (a slice of a client's string, say), and logs carry no health data. The
@@ -65,10 +71,99 @@ pub enum StartupError {
     Auth(String),
     #[error("search parameters: {0}")]
     Search(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
 }
 
 /// The master key's derivation purpose for the embedded index's at-rest key.
 const EMBEDDED_INDEX_AT_REST: &str = "embedded-index-at-rest";
+/// The master key's derivation purpose for the embedded ledger's account (the registrar).
+const EMBEDDED_LEDGER_ACCOUNT: &str = "embedded-ledger-account";
+/// How often the consent cache asks the chain for new events.
+const CONSENT_POLL: Duration = Duration::from_millis(500);
+
+/// The ledger of the configured profile: an Ethereum node when `INTELLIHEALTH_ETH_RPC` is set
+/// (waited for like the other services), the embedded one in the data directory otherwise.
+pub async fn open_ledger(config: &Config, vault: &Vault) -> Result<Arc<dyn Ledger>, StartupError> {
+    let settings = &config.ledger;
+    match &settings.eth_rpc {
+        Some(url) => {
+            let key = settings
+                .eth_key
+                .as_ref()
+                .ok_or_else(|| {
+                    StartupError::Ledger(
+                        "INTELLIHEALTH_ETH_RPC is set, so the server needs its account's key:                          set INTELLIHEALTH_ETH_KEY_FILE (or INTELLIHEALTH_ETH_KEY)"
+                            .into(),
+                    )
+                })?
+                .read()
+                .map_err(StartupError::Ledger)?;
+            let signer: PrivateKeySigner = key.parse().map_err(|_| {
+                StartupError::Ledger("the Ethereum key is not a 32-byte hex private key".into())
+            })?;
+            let rpc = RpcSettings {
+                url: url.clone(),
+                confirmations: settings.confirmations,
+                timeout: config.backend_timeout,
+            };
+            let ledger = wait_for("the Ethereum node", url, config.backend_timeout, || {
+                RpcLedger::connect(rpc.clone(), signer.clone())
+            })
+            .await;
+            Ok(Arc::new(ledger))
+        }
+        None => {
+            let secret = vault.derive(EMBEDDED_LEDGER_ACCOUNT);
+            let account = PrivateKeySigner::from_slice(secret.as_slice())
+                .map_err(|e| StartupError::Ledger(e.to_string()))?
+                .address();
+            let ledger = EmbeddedLedger::open(
+                &config.data_dir,
+                settings.chain_id,
+                account,
+                settings.block_interval,
+            )
+            .map_err(|e| StartupError::Ledger(e.to_string()))?;
+            Ok(Arc::new(ledger))
+        }
+    }
+}
+
+/// The patients' consent over the ledger: the registry found or deployed, its events read.
+pub async fn open_consent(
+    config: &Config,
+    stores: &Stores,
+    ledger: Arc<dyn Ledger>,
+) -> Result<Arc<Consent>, StartupError> {
+    let configured =
+        match &config.ledger.consent_registry {
+            Some(text) => Some(crate::consent::typed::parse_address(text).map_err(|e| {
+                StartupError::Ledger(format!("INTELLIHEALTH_CONSENT_REGISTRY: {e}"))
+            })?),
+            None => None,
+        };
+    let settings = ConsentSettings {
+        enforce: config.ledger.enforce,
+        stale_after: config.ledger.stale_after,
+        break_glass_for: config.ledger.break_glass_for,
+        poll: CONSENT_POLL,
+    };
+    let consent = Consent::open(
+        ledger,
+        stores.index.clone(),
+        stores.vault.derive(IDENTITY_PURPOSE),
+        config.base_url.as_deref(),
+        configured,
+        settings,
+    )
+    .await
+    .map_err(|e| StartupError::Ledger(e.to_string()))?;
+    if !config.ledger.enforce {
+        tracing::warn!("consent is off: patients' grants are not checked (--consent off)");
+    }
+    Ok(Arc::new(consent))
+}
 
 /// The stores of the configured profile, and the vault over them.
 pub struct Stores {
@@ -204,6 +299,9 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
         tracing::info!("search parameter not offered: {unsupported}");
     }
     let auth = Arc::new(auth_server(config, &stores).await?);
+    let ledger = open_ledger(config, &stores.vault).await?;
+    let consent = open_consent(config, &stores, ledger).await?;
+    stores.repo.enforce_consent(consent);
     Ok(HttpState {
         repo: stores.repo,
         auth,
@@ -277,6 +375,16 @@ pub async fn serve(
         state.repo.clone(),
         stopped.clone(),
     )));
+    if let Some(consent) = state.repo.consent().cloned() {
+        let repo = state.repo.clone();
+        tasks.push(tokio::spawn(consent.follow(
+            stopped.clone(),
+            move |grants| {
+                let repo = repo.clone();
+                async move { repo.mirror_grants(&grants).await }
+            },
+        )));
+    }
     let repo = state.repo.clone();
     tasks.push(tokio::spawn(periodic(
         RECORD_PURGE_INTERVAL,

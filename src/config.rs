@@ -74,6 +74,36 @@ pub struct ServeArgs {
     /// them), searchable beside the official ones.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
     pub search_parameters: Option<PathBuf>,
+    /// An Ethereum node's JSON-RPC URL: selects the rpc ledger (otherwise the embedded one).
+    /// Its account's key comes from INTELLIHEALTH_ETH_KEY_FILE or INTELLIHEALTH_ETH_KEY, never
+    /// a flag.
+    #[arg(long, env = "INTELLIHEALTH_ETH_RPC")]
+    pub eth_rpc: Option<String>,
+    /// Blocks on top of a transaction's before the rpc ledger counts it done (1: mined).
+    #[arg(long, env = "INTELLIHEALTH_ETH_CONFIRMATIONS")]
+    pub eth_confirmations: Option<u64>,
+    /// The embedded ledger's chain id (the rpc ledger uses its node's).
+    #[arg(long, env = "INTELLIHEALTH_CHAIN_ID")]
+    pub chain_id: Option<u64>,
+    /// Milliseconds between the embedded ledger's empty blocks (transactions make blocks at
+    /// once).
+    #[arg(long, env = "INTELLIHEALTH_BLOCK_INTERVAL_MS")]
+    pub block_interval_ms: Option<u64>,
+    /// The address of a ConsentRegistry already deployed (otherwise one is deployed on first
+    /// start and its address kept in the index store).
+    #[arg(long, env = "INTELLIHEALTH_CONSENT_REGISTRY")]
+    pub consent_registry: Option<String>,
+    /// `on` (the default) enforces patients' grants on every read and write of their data;
+    /// `off` serves by scopes alone (for comparison only: patients' decisions are ignored).
+    #[arg(long, env = "INTELLIHEALTH_CONSENT", value_parser = ["on", "off"])]
+    pub consent: Option<String>,
+    /// Seconds without news from the chain after which patient data that needs a grant is
+    /// refused with 503 (fail closed).
+    #[arg(long, env = "INTELLIHEALTH_CONSENT_STALE_AFTER_SECS")]
+    pub consent_stale_after_secs: Option<u64>,
+    /// Minutes a break-glass access lasts.
+    #[arg(long, env = "INTELLIHEALTH_BREAK_GLASS_MINUTES")]
+    pub break_glass_minutes: Option<u64>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -97,6 +127,15 @@ struct FileConfig {
     metrics_listen: Option<String>,
     search_handling: Option<String>,
     search_parameters: Option<PathBuf>,
+    eth_rpc: Option<String>,
+    eth_key_file: Option<PathBuf>,
+    eth_confirmations: Option<u64>,
+    chain_id: Option<u64>,
+    block_interval_ms: Option<u64>,
+    consent_registry: Option<String>,
+    consent: Option<String>,
+    consent_stale_after_secs: Option<u64>,
+    break_glass_minutes: Option<u64>,
 }
 
 /// Where the master key comes from.
@@ -183,7 +222,61 @@ pub struct Config {
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
     /// environment only); `None` turns registration off.
     pub admin_token: Option<AdminToken>,
+    pub ledger: LedgerConfig,
 }
+
+/// Which chain consent lives on, and how it is enforced.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// `Some` selects the rpc ledger.
+    pub eth_rpc: Option<String>,
+    /// The rpc ledger's account key.
+    pub eth_key: Option<EthKeySource>,
+    pub confirmations: u64,
+    pub chain_id: u64,
+    pub block_interval: Duration,
+    /// A registry deployed before (otherwise deployed on first start).
+    pub consent_registry: Option<String>,
+    pub enforce: bool,
+    pub stale_after: Duration,
+    pub break_glass_for: Duration,
+}
+
+/// Where the rpc ledger's account key comes from.
+#[derive(Clone)]
+pub enum EthKeySource {
+    /// `INTELLIHEALTH_ETH_KEY` (the value itself; never printed).
+    Environment(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for EthKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EthKeySource::Environment(_) => f.write_str("Environment(..)"),
+            EthKeySource::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+impl EthKeySource {
+    /// The key's hex text.
+    pub fn read(&self) -> Result<zeroize::Zeroizing<String>, String> {
+        match self {
+            EthKeySource::Environment(value) => {
+                Ok(zeroize::Zeroizing::new(value.trim().to_owned()))
+            }
+            EthKeySource::File(path) => std::fs::read_to_string(path)
+                .map(|text| zeroize::Zeroizing::new(text.trim().to_owned()))
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+pub const DEFAULT_CHAIN_ID: u64 = 31337;
+pub const DEFAULT_BLOCK_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_CONSENT_STALE_AFTER_SECS: u64 = 30;
+pub const DEFAULT_BREAK_GLASS_MINUTES: u64 = 60;
 
 /// A secret that `Debug` never prints.
 #[derive(Clone)]
@@ -338,6 +431,62 @@ impl Config {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .map(AdminToken),
+            ledger: LedgerConfig {
+                eth_rpc: args
+                    .eth_rpc
+                    .clone()
+                    .or(file.eth_rpc)
+                    .filter(|u| !u.is_empty()),
+                eth_key: match (
+                    std::env::var("INTELLIHEALTH_ETH_KEY_FILE")
+                        .ok()
+                        .filter(|p| !p.is_empty())
+                        .map(PathBuf::from)
+                        .or(file.eth_key_file),
+                    std::env::var("INTELLIHEALTH_ETH_KEY")
+                        .ok()
+                        .filter(|k| !k.is_empty()),
+                ) {
+                    (Some(path), _) => Some(EthKeySource::File(path)),
+                    (None, Some(value)) => Some(EthKeySource::Environment(value)),
+                    (None, None) => None,
+                },
+                confirmations: args
+                    .eth_confirmations
+                    .or(file.eth_confirmations)
+                    .unwrap_or(1)
+                    .max(1),
+                chain_id: args.chain_id.or(file.chain_id).unwrap_or(DEFAULT_CHAIN_ID),
+                block_interval: Duration::from_millis(
+                    args.block_interval_ms
+                        .or(file.block_interval_ms)
+                        .unwrap_or(DEFAULT_BLOCK_INTERVAL_MS)
+                        .max(10),
+                ),
+                consent_registry: args
+                    .consent_registry
+                    .clone()
+                    .or(file.consent_registry)
+                    .filter(|a| !a.is_empty()),
+                enforce: match args.consent.clone().or(file.consent).as_deref() {
+                    None | Some("on") => true,
+                    Some("off") => false,
+                    Some(other) => return Err(format!("consent must be on or off, not {other}")),
+                },
+                stale_after: Duration::from_secs(
+                    args.consent_stale_after_secs
+                        .or(file.consent_stale_after_secs)
+                        .unwrap_or(DEFAULT_CONSENT_STALE_AFTER_SECS)
+                        .max(1),
+                ),
+                break_glass_for: Duration::from_secs(
+                    60 * args
+                        .break_glass_minutes
+                        .or(file.break_glass_minutes)
+                        .unwrap_or(DEFAULT_BREAK_GLASS_MINUTES)
+                        .max(1),
+                ),
+            },
         })
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! The rooms, top to bottom (see ARCHITECTURE.md for the codemap and each room's invariant):
 //! `http` and `admin` (the faces) → `repository` → the domain rooms `auth`, `fhir`, `search`,
-//! `vault` → the seams `index` (IndexStore) and `vault::blob` (BlobStore). `config` and `app`
-//! wire them; `main` is the CLI.
+//! `vault`, `consent` → the seams `index` (IndexStore), `vault::blob` (BlobStore) and `ledger`
+//! (Ledger). `config` and `app` wire them; `main` is the CLI.
 //!
 //! Without the `server` feature only `fhir` and `search` are built: pure functions over JSON,
 //! which is all the fuzz targets need.
@@ -17,6 +17,8 @@ pub mod app;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod consent;
 #[cfg(feature = "server")]
 pub mod cpu;
 pub mod fhir;

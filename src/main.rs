@@ -1,5 +1,7 @@
 //! The `intellihealth` command line. Parses arguments and hands over to `app`; nothing else.
 
+mod consent_cli;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -38,7 +40,7 @@ enum LogFormat {
 enum Command {
     /// Run the FHIR server (embedded profile unless services are configured).
     #[command(
-        after_help = "Also read from the environment:\n  INTELLIHEALTH_MASTER_KEY  the master key itself (64 hex digits or base64 of 32 bytes); never a flag"
+        after_help = "Also read from the environment:\n  INTELLIHEALTH_MASTER_KEY       the master key itself (64 hex digits or base64 of 32 bytes); never a flag\n  INTELLIHEALTH_ETH_KEY_FILE     a file holding the rpc ledger's account key (hex)\n  INTELLIHEALTH_ETH_KEY          that key itself, instead of the file; never a flag"
     )]
     Serve(ServeArgs),
     /// Remove (unpin) blobs no index row references, once unreferenced for the grace period.
@@ -55,6 +57,10 @@ enum Command {
     /// Rebuild the search entries made under another set of search parameters (after custom
     /// parameters changed, or an upgrade), with progress; stopped, it resumes where it was.
     Reindex(ReindexArgs),
+    /// A patient's consent through a running server's API: bind a wallet, grant, revoke, list
+    /// (signed with the patient's key file; no browser needed).
+    #[command(subcommand)]
+    Consent(consent_cli::ConsentCommand),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +120,10 @@ enum ClientsCommand {
         /// A name shown on the approval page.
         #[arg(long)]
         name: Option<String>,
+        /// The EHR system of record that holds patients' data on their behalf: it reads and
+        /// writes every patient's record without a grant (audited like any other client).
+        #[arg(long)]
+        custodian: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -165,6 +175,7 @@ fn main() -> std::process::ExitCode {
             Command::Clients(command) => clients(command).await,
             Command::Keys(command) => keys(command).await,
             Command::Reindex(args) => reindex(args).await,
+            Command::Consent(command) => consent_cli::run(command).await,
         }
     });
     match result {
@@ -392,6 +403,7 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
         scope,
         redirect_uris,
         name,
+        custodian,
         storage,
     } = command;
     let from_environment = std::env::var("INTELLIHEALTH_CLIENT_SECRET")
@@ -431,6 +443,7 @@ async fn clients(command: ClientsCommand) -> Result<(), String> {
         scope,
         redirect_uris,
         name,
+        custodian,
     };
     let request = AdminRequest::AddClient { client };
     if let Some(message) = ask_running_server(&storage, &request).await? {

@@ -268,9 +268,26 @@ where
     F: Fn(Client, usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let counter = Arc::new(AtomicUsize::new(0));
     let warmup = Duration::from_secs_f64(options.warmup_seconds);
     let measured = Duration::from_secs_f64(options.seconds);
+    measure_for(interaction, concurrency, warmup, measured, client, request).await
+}
+
+/// One phase: `concurrency` tasks each sending `request(client, n)` (n counts up across
+/// them; `true` when it succeeded) for `warmup`, then for `measured`, which is what counts.
+pub async fn measure_for<F, Fut>(
+    interaction: &'static str,
+    concurrency: usize,
+    warmup: Duration,
+    measured: Duration,
+    client: &Client,
+    request: F,
+) -> Phase
+where
+    F: Fn(Client, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let counter = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let measure_from = started + warmup;
     let deadline = measure_from + measured;

@@ -2,11 +2,12 @@
 //! if the server wants one) and it exercises the server over HTTP only, printing a pass/fail
 //! table. It runs against IntelliHealth in both profiles, or against any peer server.
 //!
-//! Also a load driver (`bench`) measuring create and read throughput and latency, and a soak
-//! (`soak`) holding a mixed load for minutes.
+//! Also a load driver (`bench`) measuring create and read throughput and latency, a soak
+//! (`soak`) holding a mixed load for minutes, and a consent benchmark (`bench-consent`).
 
 pub mod bench;
 pub mod client;
+pub mod consent_bench;
 pub mod keys;
 pub mod report;
 pub mod search_bench;

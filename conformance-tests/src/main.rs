@@ -26,6 +26,32 @@ enum Command {
     Soak(SoakArgs),
     /// Load a data set with its ids, then measure a list of searches.
     BenchSearch(SearchBenchArgs),
+    /// Measure grant- and revocation-to-enforced latency and reads by a granted client.
+    BenchConsent(ConsentBenchArgs),
+}
+
+#[derive(Args)]
+struct ConsentBenchArgs {
+    #[arg(long, env = "FHIR_BASE_URL")]
+    base_url: String,
+    /// A custodian's token, from `FHIR_BEARER` (never a flag).
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
+    bearer: Option<String>,
+    /// The reader's token, from `FHIR_READER_BEARER` (never a flag).
+    #[arg(skip = std::env::var("FHIR_READER_BEARER").ok())]
+    reader_bearer: Option<String>,
+    /// The reader's client id (the grantee).
+    #[arg(long)]
+    reader_client: String,
+    /// A Python interpreter with eth-account (scripts/python-clients).
+    #[arg(long, env = "INTELLIHEALTH_PYTHON")]
+    python: String,
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
 }
 
 #[derive(Args)]
@@ -127,6 +153,33 @@ struct BenchArgs {
     token_secret_file: Option<PathBuf>,
 }
 
+async fn consent_bench_command(args: ConsentBenchArgs) -> ExitCode {
+    let (Some(bearer), Some(reader_bearer)) = (args.bearer, args.reader_bearer) else {
+        eprintln!("bench-consent: set FHIR_BEARER (a custodian) and FHIR_READER_BEARER");
+        return ExitCode::FAILURE;
+    };
+    let options = conformance_tests::consent_bench::ConsentBenchOptions {
+        base_url: args.base_url,
+        bearer,
+        reader_bearer,
+        reader_client_id: args.reader_client,
+        python: args.python,
+        rounds: args.rounds,
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+    };
+    match conformance_tests::consent_bench::run(&options).await {
+        Ok(report) => {
+            println!("{}", conformance_tests::consent_bench::table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench-consent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -134,6 +187,7 @@ async fn main() -> ExitCode {
         Some(Command::Bench(args)) => bench_command(args).await,
         Some(Command::Soak(args)) => soak_command(args).await,
         Some(Command::BenchSearch(args)) => search_bench_command(args).await,
+        Some(Command::BenchConsent(args)) => consent_bench_command(args).await,
         None => run_command(cli.run).await,
     }
 }

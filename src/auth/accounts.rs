@@ -20,7 +20,7 @@ use super::records;
 use crate::index::IndexStore;
 
 const USER: &str = "user";
-const CLIENT: &str = "client";
+pub(super) const CLIENT: &str = "client";
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct User {
@@ -85,6 +85,10 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// The EHR system of record, marked so by the operator (`clients add --custodian`; never
+    /// by dynamic registration): it reads and writes every patient's data without a grant.
+    #[serde(default)]
+    pub custodian: bool,
 }
 
 impl Client {

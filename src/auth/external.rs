@@ -110,6 +110,9 @@ impl External {
             scopes: Scopes::parse(&scope),
             patient: text("patient"),
             fhir_user: text("fhirUser"),
+            // Custodians are this server's own clients; another issuer's client ids are not.
+            custodian: false,
+            break_glass: None,
         })
     }
 

@@ -37,6 +37,12 @@ pub struct Principal {
     pub patient: Option<String>,
     /// `Patient/123`, `Practitioner/abc`: the user as a FHIR resource.
     pub fhir_user: Option<String>,
+    /// Whether the client is a custodian of this server (the EHR of record), read from its
+    /// registration when the token was first verified. Never for an external issuer's token.
+    pub custodian: bool,
+    /// The reason given for an emergency access (HL7 purpose of use `BTG`, asked for on the
+    /// request), which lets a practitioner past a missing grant, on the record.
+    pub break_glass: Option<String>,
 }
 
 impl Principal {
@@ -49,6 +55,18 @@ impl Principal {
             scopes: Scopes::parse("system/*.cruds"),
             patient: None,
             fhir_user: None,
+            custodian: true,
+            break_glass: None,
+        }
+    }
+
+    /// The patient this principal is, if it is one: its `fhirUser` is that Patient, or it has
+    /// a patient in context and no other kind of user (a patient's own app). A practitioner
+    /// who picked a patient at launch is not that patient.
+    pub fn own_patient(&self) -> Option<&str> {
+        match self.fhir_user.as_deref() {
+            Some(user) => user.strip_prefix("Patient/"),
+            None => self.patient.as_deref(),
         }
     }
 
@@ -261,6 +279,8 @@ mod tests {
             scopes: Scopes::parse(scopes),
             patient: patient.map(str::to_owned),
             fhir_user: None,
+            custodian: false,
+            break_glass: None,
         }
     }
 

@@ -251,6 +251,13 @@ impl TokenService {
             });
         }
         let claims = self.verify_own(token, &header, base).await?;
+        let custodian = super::records::get_json::<super::accounts::Client>(
+            self.store.as_ref(),
+            super::accounts::CLIENT,
+            &claims.client_id,
+        )
+        .await?
+        .is_some_and(|(client, _)| client.custodian);
         Ok(Verified {
             audience: base.to_owned(),
             not_before: claims.nbf,
@@ -264,6 +271,8 @@ impl TokenService {
                 scopes: Scopes::parse(&claims.scope),
                 patient: claims.patient,
                 fhir_user: claims.fhir_user,
+                custodian,
+                break_glass: None,
             },
         })
     }

@@ -140,7 +140,7 @@ fn security(facts: &ServerFacts<'_>) -> Json {
         (
             "description",
             Json::str(
-                "Every request needs a SMART on FHIR access token (App Launch 2.0, scopes v1 and v2).",
+                "Every request needs a SMART on FHIR access token (App Launch 2.0, scopes v1 and v2). A patient's data is served to the patient, to custodian clients, and to others only under the patient's grant on the ConsentRegistry contract (Consent/$prepare); a practitioner may break the glass with the header X-Purpose-Of-Use: BTG and a reason in X-Break-Glass-Reason, which is recorded on chain.",
             ),
         ),
     ])
@@ -188,19 +188,37 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
         ("searchInclude", Json::Array(includes)),
         ("searchParam", Json::Array(search_params)),
     ]);
-    if resource_type.as_str() == "Patient"
+    let operation = |name: &str, definition: &str, documentation: &str| {
+        object([
+            ("name", Json::str(name)),
+            ("definition", Json::str(definition)),
+            ("documentation", Json::str(documentation)),
+        ])
+    };
+    let operations = match resource_type.as_str() {
+        "Patient" => vec![
+            operation(
+                "everything",
+                "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                "The patient and everything in their compartment the token may see",
+            ),
+            operation(
+                "wallet-binding",
+                "https://intellihealth.dev/fhir/OperationDefinition/Patient-wallet-binding",
+                "GET ?address= gives the EIP-712 typed data binding a wallet to the patient; POST a Parameters of address and signature binds it on chain (the patient or a custodian)",
+            ),
+        ],
+        "Consent" => vec![operation(
+            "prepare",
+            "https://intellihealth.dev/fhir/OperationDefinition/Consent-prepare",
+            "The EIP-712 typed data of the grant a draft Consent describes (or of the revocation of a grant's Consent with status inactive); POST the Consent with the signature in the eip712-signature extension to grant, PUT it to revoke",
+        )],
+        _ => Vec::new(),
+    };
+    if !operations.is_empty()
         && let Some(fields) = entry.as_object_mut()
     {
-        fields.insert(
-            "operation",
-            Json::Array(vec![object([
-                ("name", Json::str("everything")),
-                (
-                    "definition",
-                    Json::str("http://hl7.org/fhir/OperationDefinition/Patient-everything"),
-                ),
-            ])]),
-        );
+        fields.insert("operation", Json::Array(operations));
     }
     entry
 }

@@ -18,6 +18,9 @@ use super::{FhirError, primitives};
 pub struct ResourceType(&'static str);
 
 impl ResourceType {
+    pub const PATIENT: ResourceType = ResourceType("Patient");
+    pub const CONSENT: ResourceType = ResourceType("Consent");
+
     pub fn parse(name: &str) -> Result<ResourceType, FhirError> {
         Self::all()
             .find(|t| t.0 == name)

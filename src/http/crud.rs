@@ -35,10 +35,19 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     refuse_unimplemented(&headers, Interaction::Create)?;
     let resource_type = ResourceType::parse(&resource_type)?;
-    let written = state
-        .repo
-        .create(&principal, resource_type, body, answer.prefer.handling)
-        .await?;
+    let handling = answer.prefer.handling;
+    let written = if resource_type == ResourceType::CONSENT {
+        // A signed Consent is a grant to relay; any other is an ordinary resource.
+        state
+            .repo
+            .create_consent(&principal, body, handling)
+            .await?
+    } else {
+        state
+            .repo
+            .create(&principal, resource_type, body, handling)
+            .await?
+    };
     Ok(written_response(written, answer))
 }
 
@@ -61,17 +70,19 @@ pub async fn update(
     refuse_unimplemented(&headers, Interaction::Update)?;
     let precondition = if_match(&headers)?;
     let resource_type = ResourceType::parse(&resource_type)?;
-    let written = state
-        .repo
-        .update(
-            &principal,
-            resource_type,
-            &id,
-            body,
-            precondition,
-            answer.prefer.handling,
-        )
-        .await?;
+    let handling = answer.prefer.handling;
+    let written = if resource_type == ResourceType::CONSENT {
+        // A grant's Consent changes only by a signed revocation.
+        state
+            .repo
+            .update_consent(&principal, &id, body, precondition, handling)
+            .await?
+    } else {
+        state
+            .repo
+            .update(&principal, resource_type, &id, body, precondition, handling)
+            .await?
+    };
     Ok(written_response(written, answer))
 }
 
@@ -140,6 +151,14 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     refuse_unimplemented(&headers, Interaction::Delete)?;
     let resource_type = ResourceType::parse(&resource_type)?;
+    if resource_type == ResourceType::CONSENT && state.repo.is_grant_mirror(&id) {
+        return Err(ApiError::Repo(crate::repository::RepoError::Consent(
+            crate::consent::ConsentError::Unprocessable(
+                "this Consent mirrors a grant on chain, which is never deleted: revoke it (PUT                  with status inactive, signed by the patient's wallet)"
+                    .into(),
+            ),
+        )));
+    }
     let deleted = state
         .repo
         .delete(&principal, resource_type, &id, if_match(&headers)?)

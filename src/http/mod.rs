@@ -5,6 +5,7 @@
 
 mod body;
 mod conditions;
+mod consent;
 mod crud;
 mod history;
 mod metadata;
@@ -75,6 +76,14 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/{type}/_search",
             only(post(search::type_search_post), "POST"),
+        )
+        .route("/{type}/$prepare", only(post(consent::prepare), "POST"))
+        .route(
+            "/{type}/{id}/$wallet-binding",
+            only(
+                get(consent::prepare_binding).post(consent::bind_wallet),
+                "GET, POST",
+            ),
         )
         .route("/{type}/_history", only(get(history::type_level), "GET"))
         .route(
@@ -162,6 +171,8 @@ fn cors() -> CorsLayer {
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
             HeaderName::from_static("prefer"),
+            HeaderName::from_static(principal::PURPOSE_OF_USE),
+            HeaderName::from_static(principal::BREAK_GLASS_REASON),
         ])
         .expose_headers([
             header::ETAG,

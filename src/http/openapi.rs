@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use super::{crud, history, metadata, oauth, reindex, search, telemetry};
+use super::{consent, crud, history, metadata, oauth, reindex, search, telemetry};
 
 /// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
 #[derive(Serialize, ToSchema)]
@@ -131,6 +131,9 @@ pub enum BodyErrors {
         search::system_search_post,
         search::compartment_search,
         search::everything,
+        consent::prepare_binding,
+        consent::bind_wallet,
+        consent::prepare,
         reindex::start,
         reindex::status,
         oauth::smart_config,

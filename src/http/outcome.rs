@@ -22,7 +22,11 @@
 //! | the server's own signing keys unusable  | 500    | exception      |
 //! | no bearer token, or an invalid one      | 401    | login (+ WWW-Authenticate) |
 //! | scopes do not reach the interaction/resource | 403 | forbidden     |
-//! | a backend unavailable or too slow       | 503    | transient (+ Retry-After) |
+//! | a backend unavailable or too slow; the ledger not heard from within the bound | 503 | transient (+ Retry-After) |
+//! | consent: malformed hex or signature     | 400    | invalid        |
+//! | consent: not a permit, no bound wallet, wrong signer, deadline passed, contract refused | 422 | business-rule |
+//! | consent: nothing prepared matches (used, expired), nonce moved | 409 | conflict |
+//! | no grant of the patient covers the access | 403  | forbidden      |
 //!
 //! Must not log: logging of requests happens once, in the middleware, without bodies.
 
@@ -149,6 +153,25 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
             (StatusCode::BAD_REQUEST, one(code))
         }
         RepoError::SearchExpired(_) => (StatusCode::GONE, one(IssueCode::Processing)),
+        RepoError::Consent(consent) => {
+            use crate::consent::ConsentError as C;
+            match consent {
+                C::Invalid(_) => (StatusCode::BAD_REQUEST, one(IssueCode::Invalid)),
+                C::Unprocessable(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    one(IssueCode::BusinessRule),
+                ),
+                C::Forbidden(_) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden)),
+                C::Conflict(_) => (StatusCode::CONFLICT, one(IssueCode::Conflict)),
+                C::NotFound(_) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound)),
+                C::Unavailable(_) | C::Index(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient))
+                }
+                C::Misconfigured(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception))
+                }
+            }
+        }
     }
 }
 

@@ -22,8 +22,39 @@ where
         let token = bearer(&parts.headers).ok_or(AuthError::MissingToken)?;
         let BaseUrl(base) = BaseUrl::from_request_parts(parts, state).await?;
         let state = HttpState::from_ref(state);
-        Ok(state.auth.tokens.verify(&token, &base).await?)
+        let mut principal = state.auth.tokens.verify(&token, &base).await?;
+        principal.break_glass = break_glass(&parts.headers)?;
+        Ok(principal)
     }
+}
+
+/// The header naming the request's purpose of use (HL7 v3 PurposeOfUse): `BTG` asks for an
+/// emergency access past a missing grant.
+pub const PURPOSE_OF_USE: &str = "x-purpose-of-use";
+/// Why the glass is broken (required with `BTG`; recorded on chain only as a hash).
+pub const BREAK_GLASS_REASON: &str = "x-break-glass-reason";
+
+/// The reason of a break-glass request, if this is one.
+fn break_glass(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(purpose) = headers.get(PURPOSE_OF_USE) else {
+        return Ok(None);
+    };
+    if !purpose.as_bytes().eq_ignore_ascii_case(b"BTG") {
+        return Err(ApiError::NotSupported(format!(
+            "{PURPOSE_OF_USE}: only BTG (break the glass) is understood"
+        )));
+    }
+    let reason = headers
+        .get(BREAK_GLASS_REASON)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "breaking the glass needs a reason: {BREAK_GLASS_REASON}"
+            ))
+        })?;
+    Ok(Some(reason.to_owned()))
 }
 
 /// The token of an `Authorization: Bearer …` header.

@@ -5,14 +5,14 @@
 //! and type, or the grant for every type, `*`, covering the action and not yet expired; a
 //! revocation removes only the entries its grant still holds), and it is built only from the
 //! chain's events, so a grant made on the contract directly, bypassing this server, counts the
-//! same as one the server relayed. `follow` keeps it current; `tests/contract_ledger.rs` checks
+//! same as one the server relayed. `consent::Consent::follow` keeps it current; `tests/contract_ledger.rs` checks
 //! it against the contract's own `isAllowed` after every step.
 //!
 //! Freshness is part of the answer: a cache that has not heard from the chain for longer than
 //! the caller's bound says so (`Stale`), and the caller fails closed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256, keccak256};
@@ -64,6 +64,8 @@ struct State {
     /// Every block up to this one has been applied.
     seen_block: Option<u64>,
     heard_at: Option<Instant>,
+    /// Grants granted or revoked since the last `take_changed`, oldest first.
+    changed: Vec<B256>,
 }
 
 /// The key of the grant for every type (`*`), made once: every decision looks it up.
@@ -77,6 +79,9 @@ pub fn type_key(resource_type: &str) -> B256 {
 #[derive(Default)]
 pub struct ConsentCache {
     state: RwLock<State>,
+    /// One catch-up at a time: two reading overlapping block ranges and applying them in the
+    /// wrong order would undo a revocation.
+    catching_up: tokio::sync::Mutex<()>,
 }
 
 impl ConsentCache {
@@ -143,6 +148,21 @@ impl ConsentCache {
         grants
     }
 
+    /// The grants granted or revoked since the last call, oldest first, each once.
+    pub fn take_changed(&self) -> Vec<B256> {
+        let Ok(mut state) = self.state.write() else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        let changed = std::mem::take(&mut state.changed);
+        changed.into_iter().filter(|g| seen.insert(*g)).collect()
+    }
+
+    /// How long ago the chain was last heard from.
+    pub fn heard_ago(&self) -> Option<Duration> {
+        self.state.read().ok()?.heard_at.map(|at| at.elapsed())
+    }
+
     pub fn grant(&self, grant_id: B256) -> Option<GrantRecord> {
         self.state.read().ok()?.grants.get(&grant_id).cloned()
     }
@@ -158,8 +178,12 @@ impl ConsentCache {
         let Ok(mut state) = self.state.write() else {
             return;
         };
+        let applied = state.seen_block;
         for log in logs {
-            state.apply(log);
+            // A block applied before is never applied again.
+            if applied.is_none_or(|seen| log.block_number > seen) {
+                state.apply(log);
+            }
         }
         state.seen_block = Some(through.max(state.seen_block.unwrap_or(0)));
         state.heard_at = Some(Instant::now());
@@ -192,6 +216,7 @@ impl State {
                         self.permissions
                             .insert((e.patient, e.grantee, *key), permission);
                     }
+                    self.changed.push(e.grantId);
                     self.grants.insert(
                         e.grantId,
                         GrantRecord {
@@ -214,6 +239,7 @@ impl State {
                 {
                     grant.revoked = true;
                     grant.revoked_in = Some(at);
+                    self.changed.push(e.grantId);
                     for key in &grant.type_keys {
                         let slot = (grant.patient, grant.grantee, *key);
                         // A later grant for the same type replaced this one's entry: it stays.
@@ -248,6 +274,7 @@ pub async fn catch_up(
     cache: &ConsentCache,
     from_block: u64,
 ) -> Result<u64, LedgerError> {
+    let _one_at_a_time = cache.catching_up.lock().await;
     let head = ledger.head().await?.number;
     let mut next = cache.seen_block().map_or(from_block, |seen| seen + 1);
     if next > head {
@@ -260,21 +287,4 @@ pub async fn catch_up(
         next = to + 1;
     }
     Ok(head)
-}
-
-/// Keeps `cache` current for as long as the process runs, every `interval`. A failure is
-/// logged and retried; meanwhile the cache ages and, past the callers' bound, answers `Stale`.
-pub async fn follow(
-    ledger: Arc<dyn Ledger>,
-    registry: Address,
-    cache: Arc<ConsentCache>,
-    from_block: u64,
-    interval: Duration,
-) {
-    loop {
-        if let Err(e) = catch_up(ledger.as_ref(), registry, &cache, from_block).await {
-            tracing::warn!(error = %e, ledger = ledger.kind(), "the consent cache could not reach the chain");
-        }
-        tokio::time::sleep(interval).await;
-    }
 }

@@ -1,8 +1,9 @@
 //! The repository's one authorization decision. Every interaction calls `authorize` first for
 //! the interaction itself (may these scopes do this to this type at all?) and then for each
 //! version it touches: the version read, the version replaced, the version about to be written.
-//! So a rule added here (the patient's on-chain consent is the next one) holds on every path at
-//! once and cannot be forgotten on one.
+//! So a rule added here holds on every path at once and cannot be forgotten on one. Two rules
+//! are checked, in order: the token's scopes, then the patient's consent on chain (`consent`),
+//! which reads only the in-memory consent cache.
 //!
 //! A version's patient compartment is known from its index row, so most decisions open
 //! nothing; only a scope carrying a query (`patient/Observation.rs?category=laboratory`) needs
@@ -10,6 +11,7 @@
 
 use super::{RepoError, Repository};
 use crate::auth::{Permission, Principal};
+use crate::consent::{Access, Action};
 use crate::fhir::json::Json;
 use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
@@ -39,7 +41,14 @@ pub(super) enum Decision {
     Allowed {
         opened: Option<Vec<u8>>,
     },
-    Denied,
+    Denied(Refusal),
+}
+
+/// Which rule refused.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Refusal {
+    Scopes,
+    Consent,
 }
 
 impl Repository {
@@ -64,12 +73,19 @@ impl Repository {
                 resource_type,
                 patients,
                 content,
-            } => Ok(decide(principal.reaches(
-                permission,
-                resource_type.as_str(),
-                patients,
-                Some(content),
-            ))),
+            } => {
+                if !principal.reaches(permission, resource_type.as_str(), patients, Some(content)) {
+                    return Ok(Decision::Denied(Refusal::Scopes));
+                }
+                self.consent_to(
+                    principal,
+                    permission,
+                    resource_type.as_str(),
+                    patients,
+                    None,
+                )
+                .await
+            }
             Target::Stored {
                 record,
                 replacement,
@@ -77,22 +93,22 @@ impl Repository {
                 let rt = record.resource_type.as_str();
                 if record.deleted() || !principal.needs_content(permission, rt) {
                     let content = if record.deleted() { replacement } else { None };
-                    return Ok(decide(principal.reaches(
-                        permission,
-                        rt,
-                        &record.patients,
-                        content,
-                    )));
+                    if !principal.reaches(permission, rt, &record.patients, content) {
+                        return Ok(Decision::Denied(Refusal::Scopes));
+                    }
+                    return self
+                        .consent_to(principal, permission, rt, &record.patients, None)
+                        .await;
                 }
                 let opened = self.load(record.clone()).await?.content;
                 let parsed = opened
                     .as_deref()
                     .and_then(|c| crate::fhir::json::parse(c).ok());
-                if principal.reaches(permission, rt, &record.patients, parsed.as_ref()) {
-                    Ok(Decision::Allowed { opened })
-                } else {
-                    Ok(Decision::Denied)
+                if !principal.reaches(permission, rt, &record.patients, parsed.as_ref()) {
+                    return Ok(Decision::Denied(Refusal::Scopes));
                 }
+                self.consent_to(principal, permission, rt, &record.patients, opened)
+                    .await
             }
         }
     }
@@ -111,7 +127,7 @@ impl Repository {
         };
         match self.authorize(principal, permission, target).await? {
             Decision::Allowed { opened } => Ok(opened),
-            Decision::Denied => Err(RepoError::forbidden_record(record)),
+            Decision::Denied(refusal) => Err(RepoError::refused(record, refusal)),
         }
     }
 
@@ -128,10 +144,45 @@ impl Repository {
     }
 }
 
-fn decide(allowed: bool) -> Decision {
-    if allowed {
-        Decision::Allowed { opened: None }
-    } else {
-        Decision::Denied
+impl Repository {
+    /// The patient's consent, once the scopes allow: a decision from the consent cache, and
+    /// a break-glass access recorded on chain when the principal asked for one.
+    async fn consent_to(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        resource_type: &str,
+        patients: &[String],
+        opened: Option<Vec<u8>>,
+    ) -> Result<Decision, RepoError> {
+        let Some(consent) = self.consent.get() else {
+            return Ok(Decision::Allowed { opened });
+        };
+        let action = match permission {
+            Permission::Read | Permission::Search => Action::Read,
+            Permission::Create | Permission::Update | Permission::Delete => Action::Write,
+        };
+        let mut access = consent.decide(principal, resource_type, patients, action);
+        // The glass is broken by reading one of the patient's resources; a listing with the
+        // header then shows that patient's data for the window, but never breaks the glass
+        // for every patient it happens to meet.
+        if access == Access::Denied
+            && principal.break_glass.is_some()
+            && permission == Permission::Read
+        {
+            consent.break_glass(principal, patients).await?;
+            access = consent.decide(principal, resource_type, patients, action);
+        }
+        match access {
+            Access::Allowed => Ok(Decision::Allowed { opened }),
+            Access::Denied => Ok(Decision::Denied(Refusal::Consent)),
+            Access::Unknown => Err(RepoError::Unavailable {
+                component: "ledger",
+                detail: format!(
+                    "the consent registry has not been heard from within {} s, so no grant                      can be checked (patient data is refused until it is)",
+                    consent.settings().stale_after.as_secs()
+                ),
+            }),
+        }
     }
 }

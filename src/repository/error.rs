@@ -45,6 +45,9 @@ pub enum RepoError {
     /// A later page of a search whose results changed too much since its first page.
     #[error("{0}")]
     SearchExpired(String),
+    /// A consent request that cannot be done as asked (a bad signature, nothing prepared).
+    #[error(transparent)]
+    Consent(crate::consent::ConsentError),
     /// Index conflicts surface here only until the repository decides what they mean.
     #[error(transparent)]
     Index(IndexError),
@@ -64,6 +67,31 @@ impl RepoError {
             "the granted scopes do not reach {}/{}",
             record.resource_type, record.id
         ))
+    }
+
+    /// The 403 for a stored version the named rule refuses.
+    pub(super) fn refused(record: &VersionRecord, refusal: super::authorize::Refusal) -> RepoError {
+        match refusal {
+            super::authorize::Refusal::Scopes => RepoError::forbidden_record(record),
+            super::authorize::Refusal::Consent => RepoError::Forbidden(format!(
+                "{}/{} is in a patient's record and no grant of that patient covers this                  access by this user or client (the patient grants access on chain; see                  Consent/$prepare)",
+                record.resource_type, record.id
+            )),
+        }
+    }
+
+    /// The 403 for a write the named rule refuses.
+    pub(super) fn refused_write(
+        resource_type: ResourceType,
+        id: &str,
+        refusal: super::authorize::Refusal,
+    ) -> RepoError {
+        match refusal {
+            super::authorize::Refusal::Scopes => RepoError::forbidden(resource_type, id),
+            super::authorize::Refusal::Consent => RepoError::Forbidden(format!(
+                "writing {resource_type} into a patient's record needs a grant of that patient                  covering write (correct) of {resource_type} by this user or client"
+            )),
+        }
     }
 
     pub fn not_found(resource_type: ResourceType, id: &str, version: Option<u64>) -> RepoError {

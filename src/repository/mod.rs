@@ -15,6 +15,7 @@
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
 mod authorize;
+pub mod consent;
 mod error;
 mod read;
 pub mod reindex;
@@ -52,6 +53,9 @@ pub struct Repository {
     reindexing: std::sync::Mutex<(reindex::ReindexProgress, bool)>,
     /// How long one search (every store call it makes, includes and counts) may take.
     search_time_limit: std::time::Duration,
+    /// The patients' consent, checked after the scopes. Set once at start by `app::build`;
+    /// unset only for the CLI's offline commands, which act as the server itself.
+    consent: std::sync::OnceLock<Arc<crate::consent::Consent>>,
 }
 
 /// The default bound on one search's time: past it the client is told to narrow the search.
@@ -97,7 +101,18 @@ impl Repository {
             parameter_files: std::sync::RwLock::new(Vec::new()),
             reindexing: std::sync::Mutex::new(Default::default()),
             search_time_limit: SEARCH_TIME_LIMIT,
+            consent: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Puts the patients' consent in force (once).
+    pub fn enforce_consent(&self, consent: Arc<crate::consent::Consent>) {
+        let _ = self.consent.set(consent);
+    }
+
+    /// The consent in force.
+    pub fn consent(&self) -> Option<&Arc<crate::consent::Consent>> {
+        self.consent.get()
     }
 
     /// Bounds each search's time by `limit` instead of `SEARCH_TIME_LIMIT`.
@@ -148,7 +163,11 @@ impl Repository {
     pub async fn health(&self) -> Vec<(&'static str, Result<String, String>)> {
         let index = self.index.health().await.map_err(|e| e.to_string());
         let blobs = self.blobs.health().await.map_err(|e| e.to_string());
-        vec![("index", index), ("blob store", blobs)]
+        let mut reports = vec![("index", index), ("blob store", blobs)];
+        if let Some(consent) = self.consent.get() {
+            reports.push(("ledger", consent.health()));
+        }
+        reports
     }
 }
 

@@ -59,7 +59,7 @@ impl Repository {
         match self.visible(principal, permission, record).await? {
             Visible::Yes(version) => Ok(version),
             Visible::Deleted(record) => Err(RepoError::Gone(Box::new(record))),
-            Visible::No(record) => Err(RepoError::forbidden_record(&record)),
+            Visible::No(record, refusal) => Err(RepoError::refused(&record, refusal)),
         }
     }
 
@@ -75,7 +75,7 @@ impl Repository {
             replacement: None,
         };
         match self.authorize(principal, permission, target).await? {
-            Decision::Denied => Ok(Visible::No(record)),
+            Decision::Denied(refusal) => Ok(Visible::No(record, refusal)),
             Decision::Allowed { .. } if record.deleted() => Ok(Visible::Deleted(record)),
             Decision::Allowed {
                 opened: Some(content),
@@ -137,7 +137,7 @@ impl Repository {
                         record,
                         content: None,
                     }),
-                    Visible::No(_) => {}
+                    Visible::No(..) => {}
                 }
             }
             if exhausted || page.len() >= wanted || last.is_none() {
@@ -218,5 +218,5 @@ enum Visible {
     Yes(ResourceVersion),
     /// A delete the principal may know about.
     Deleted(VersionRecord),
-    No(VersionRecord),
+    No(VersionRecord, super::authorize::Refusal),
 }

@@ -158,8 +158,8 @@ impl Repository {
             patients: &compartment.patients,
             content: resource,
         };
-        if let Decision::Denied = self.authorize(principal, permission, proposed).await? {
-            return Err(RepoError::forbidden(resource_type, id));
+        if let Decision::Denied(refusal) = self.authorize(principal, permission, proposed).await? {
+            return Err(RepoError::refused_write(resource_type, id, refusal));
         }
         let key_owner = compartment.key_owner();
         let content = Arc::new(resource.to_bytes());

@@ -106,6 +106,11 @@ impl Vault {
         }
     }
 
+    /// A key of the server's own for `purpose`, derived from the master key (so kept like it).
+    pub fn derive(&self, purpose: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        self.master.derive(purpose)
+    }
+
     /// Wraps a secret of the server's own (a token signing key) under the master key, bound to
     /// `label`, for storage in the index.
     pub fn wrap_secret(&self, label: &str, secret: &[u8]) -> Vec<u8> {

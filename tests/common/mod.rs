@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub enum Profile {
     Embedded,
-    /// MongoDB (a fresh database of its own) and IPFS, as `scripts/services` started them.
+    /// MongoDB (a fresh database of its own), IPFS and anvil (the ledger), as
+    /// `scripts/services` started them.
     Services {
         mongodb_uri: String,
         ipfs_api: String,
@@ -49,6 +50,12 @@ impl Profile {
             } => vec![
                 ("INTELLIHEALTH_MONGODB_URI".into(), mongodb_uri.clone()),
                 ("INTELLIHEALTH_IPFS_API".into(), ipfs_api.clone()),
+                // The ledger too: the services profile's consent lives on anvil.
+                ("INTELLIHEALTH_ETH_RPC".into(), services::eth_rpc()),
+                (
+                    "INTELLIHEALTH_ETH_KEY_FILE".into(),
+                    services::eth_key_file(),
+                ),
             ],
         }
     }
@@ -69,8 +76,9 @@ pub struct Credentials {
     pub secret: String,
 }
 
-/// Registers a backend client with every system scope, through the CLI (on the embedded
-/// profile this must happen while no server holds the data directory).
+/// Registers a backend client with every system scope, a custodian (the EHR of record, which
+/// reads every patient without a grant), through the CLI (on the embedded profile this must
+/// happen while no server holds the data directory).
 pub fn provision(data_dir: &Path, profile: &Profile) -> Credentials {
     let credentials = Credentials {
         client_id: "test-system".into(),
@@ -87,6 +95,7 @@ pub fn provision(data_dir: &Path, profile: &Profile) -> Credentials {
             &credentials.client_id,
             "--scope",
             "system/*.cruds",
+            "--custodian",
             "--secret-file",
         ])
         .arg(&secret_file)
@@ -492,6 +501,7 @@ pub fn smart_fixtures(
         &secret_path,
         "--scope",
         "system/*.rs system/Patient.rs",
+        "--custodian",
     ]);
     let es384 = AsymmetricClient::es384("smart-es384");
     let rs384 = AsymmetricClient::rs384("smart-rs384");
@@ -507,6 +517,7 @@ pub fn smart_fixtures(
             &jwks.to_string_lossy(),
             "--scope",
             "system/*.rs",
+            "--custodian",
         ]);
     }
     SmartFixtures {

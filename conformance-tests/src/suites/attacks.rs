@@ -132,7 +132,8 @@ pub async fn run(ctx: &SuiteContext, fx: &SmartFixtures, report: &mut Report) {
     match &fx.issuer {
         Some(issuer) => {
             let now = now();
-            let good = json!({"sub": "attacker", "aud": base, "exp": now + 300, "iat": now, "nbf": now - 5, "scope": "system/*.rs", "client_id": "runner"});
+            // The patient themself (by fhirUser), so the positive control needs no consent grant.
+            let good = json!({"sub": "attacker", "aud": base, "exp": now + 300, "iat": now, "nbf": now - 5, "scope": "system/*.rs", "client_id": "runner", "fhirUser": target});
             let accepted = refused(&issuer.mint(&good)).await;
             report.check(
                 SUITE,

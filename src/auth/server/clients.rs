@@ -263,6 +263,8 @@ impl AuthServer {
             scope: text("scope").unwrap_or_default(),
             redirect_uris,
             name: text("client_name"),
+            // Only the operator can make a custodian, never a registration request.
+            custodian: false,
         };
         self.accounts.add_client(&client).await?;
         let mut response = metadata.clone();

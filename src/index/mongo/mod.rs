@@ -320,8 +320,20 @@ impl MongoIndex {
             .insert_one(VersionDoc::from_commit(commit))
             .session(&mut session)
             .await?;
-        session.commit_transaction().await?;
-        Ok(())
+        // The server may have committed before the answer was lost: the commit itself is
+        // what is retried then (retrying the writes could make a second version).
+        let mut attempts = 0;
+        loop {
+            match session.commit_transaction().await {
+                Err(e)
+                    if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                        && attempts < TRANSACTION_ATTEMPTS =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn current_version(
@@ -394,10 +406,27 @@ fn history_filter(query: &HistoryQuery) -> (Document, Document) {
     (filter, sort)
 }
 
+/// How many times a transaction (or its commit) is tried when the server says it may be retried.
+const TRANSACTION_ATTEMPTS: usize = 3;
+
 #[async_trait]
 impl IndexStore for MongoIndex {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
-        match self.commit_in_transaction(&commit).await {
+        // A transaction the server aborted as transient (a dropped connection, an election)
+        // wrote nothing, and is run again whole, as MongoDB's drivers' `withTransaction` does.
+        let mut attempts = 1;
+        let outcome = loop {
+            match self.commit_in_transaction(&commit).await {
+                Err(e)
+                    if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+                        && attempts < TRANSACTION_ATTEMPTS =>
+                {
+                    attempts += 1;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(e) if is_conflict(&e) || e.get_custom::<StaleReplaces>().is_some() => {
                 let current = self

@@ -139,7 +139,7 @@ impl Repository {
             record: &record,
             replacement: None,
         };
-        if let Decision::Denied = self.authorize(principal, Permission::Read, target).await? {
+        if let Decision::Denied(_) = self.authorize(principal, Permission::Read, target).await? {
             return Ok(None);
         }
         let bytes = self

@@ -412,7 +412,7 @@ impl Repository {
             .authorize(principal, Permission::Search, target)
             .await?
         {
-            Decision::Denied => Ok(None),
+            Decision::Denied(_) => Ok(None),
             Decision::Allowed { opened } => Ok(Some(Matched {
                 record,
                 entries,
