@@ -64,9 +64,9 @@ fn compose_sets_only_variables_the_server_reads() {
 }
 
 #[test]
-fn compose_wires_mongo_as_a_replica_set_kubo_and_the_server() {
+fn compose_wires_mongo_as_a_replica_set_kubo_anvil_and_the_server() {
     let compose = read("docker-compose.yml");
-    for service in ["  mongo:", "  ipfs:", "  intellihealth:"] {
+    for service in ["  mongo:", "  ipfs:", "  anvil:", "  intellihealth:"] {
         assert!(compose.lines().any(|l| l == service), "service {service}");
     }
     assert!(
@@ -83,11 +83,15 @@ fn compose_wires_mongo_as_a_replica_set_kubo_and_the_server() {
     );
     assert_eq!(
         compose.matches("healthcheck:").count(),
-        3,
+        4,
         "every service has a healthcheck"
     );
-    assert_eq!(compose.matches("condition: service_healthy").count(), 2);
-    for volume in ["mongo-data:", "ipfs-data:", "server-data:"] {
+    assert_eq!(compose.matches("condition: service_healthy").count(), 3);
+    assert!(
+        compose.contains("INTELLIHEALTH_ETH_KEY_FILE: /run/secrets/"),
+        "the ledger's key is a secret, never in the environment"
+    );
+    for volume in ["mongo-data:", "ipfs-data:", "anvil-data:", "server-data:"] {
         assert!(
             compose.contains(&format!("  {volume}\n")),
             "volume {volume}"
