@@ -78,11 +78,13 @@ async fn the_default_body_limit_is_ten_megabytes() {
     let response = router.clone().oneshot(chunked).await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
+    // An Organization: in no patient's record, so this client (no custodian, no grant) may
+    // write it.
     let fits = format!(
-        r#"{{"resourceType":"Patient","name":[{{"text":"{}"}}]}}"#,
+        r#"{{"resourceType":"Organization","name":"{}"}}"#,
         "x".repeat(1_000_000)
     );
-    let ok = Request::post("/fhir/Patient")
+    let ok = Request::post("/fhir/Organization")
         .header("authorization", &bearer)
         .header("content-type", "application/fhir+json")
         .body(Body::from(fits))
