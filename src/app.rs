@@ -93,7 +93,8 @@ pub async fn open_ledger(config: &Config, vault: &Vault) -> Result<Arc<dyn Ledge
                 .as_ref()
                 .ok_or_else(|| {
                     StartupError::Ledger(
-                        "INTELLIHEALTH_ETH_RPC is set, so the server needs its account's key:                          set INTELLIHEALTH_ETH_KEY_FILE (or INTELLIHEALTH_ETH_KEY)"
+                        "INTELLIHEALTH_ETH_RPC is set, so the server needs its account's key: \
+                         set INTELLIHEALTH_ETH_KEY_FILE (or INTELLIHEALTH_ETH_KEY)"
                             .into(),
                     )
                 })?
@@ -302,6 +303,15 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     let ledger = open_ledger(config, &stores.vault).await?;
     let consent = open_consent(config, &stores, ledger).await?;
     stores.repo.enforce_consent(consent);
+    if config.audit {
+        let source = crate::audit::Source {
+            replica: replica_name(),
+        };
+        let sink: Arc<dyn crate::audit::AuditSink> = stores.repo.clone();
+        stores
+            .repo
+            .enable_audit(crate::audit::AuditLog::start(sink, source));
+    }
     Ok(HttpState {
         repo: stores.repo,
         auth,
@@ -312,6 +322,18 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
             started_at: format_instant(now_millis()),
         }),
     })
+}
+
+/// This server among its replicas, for the AuditEvents' `source.site`: the host it runs on.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "intellihealth".to_owned()
+    } else {
+        format!("intellihealth@{host}")
+    }
 }
 
 /// How the background tasks and side listeners run.
@@ -433,9 +455,12 @@ pub async fn serve(
             ),
         }
     }
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     let _ = stop.send(true);
     for task in tasks {
         let _ = task.await;

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// `strict` refuses the search with 400.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_HANDLING", value_parser = ["lenient", "strict"])]
     pub search_handling: Option<String>,
+    /// `on` (the default) records every interaction as an AuditEvent before answering it;
+    /// `off` keeps no audit trail (for comparison benchmarks only).
+    #[arg(long, env = "INTELLIHEALTH_AUDIT", value_parser = ["on", "off"])]
+    pub audit: Option<String>,
     /// A directory of custom SearchParameter files (.json: a SearchParameter or a Bundle of
     /// them), searchable beside the official ones.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
@@ -126,6 +130,7 @@ struct FileConfig {
     sweep_grace_secs: Option<u64>,
     metrics_listen: Option<String>,
     search_handling: Option<String>,
+    audit: Option<String>,
     search_parameters: Option<PathBuf>,
     eth_rpc: Option<String>,
     eth_key_file: Option<PathBuf>,
@@ -217,6 +222,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// The default handling of unknown search parameters.
     pub search_handling: crate::search::query::Strictness,
+    /// Whether every interaction is recorded as an AuditEvent.
+    pub audit: bool,
     /// A directory of custom SearchParameter files.
     pub search_parameters: Option<PathBuf>,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
@@ -425,6 +432,11 @@ impl Config {
                         "search-handling must be lenient or strict, not {other}"
                     ));
                 }
+            },
+            audit: match args.audit.clone().or(file.audit).as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => return Err(format!("audit must be on or off, not {other}")),
             },
             search_parameters: args.search_parameters.clone().or(file.search_parameters),
             admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")

@@ -3,7 +3,7 @@
 //!
 //! The rooms, top to bottom (see ARCHITECTURE.md for the codemap and each room's invariant):
 //! `http` and `admin` (the faces) → `repository` → the domain rooms `auth`, `fhir`, `search`,
-//! `vault`, `consent` → the seams `index` (IndexStore), `vault::blob` (BlobStore) and `ledger`
+//! `vault`, `consent`, `audit` → the seams `index` (IndexStore), `vault::blob` (BlobStore) and `ledger`
 //! (Ledger). `config` and `app` wire them; `main` is the CLI.
 //!
 //! Without the `server` feature only `fhir` and `search` are built: pure functions over JSON,
@@ -13,6 +13,8 @@
 pub mod admin;
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
+pub mod audit;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]

@@ -31,6 +31,7 @@ fn record(rt: &str, id: &str, version: u64, last_updated: i64) -> VersionRecord 
         digest: Some(format!("digest{version}")),
         key_owner: Some("Patient/p".into()),
         patients: vec!["p".into()],
+        batch_entry: None,
     }
 }
 
@@ -330,6 +331,53 @@ async fn contract(store: Arc<dyn IndexStore>) {
     assert_eq!(s.purge_expired(now).await.unwrap(), 0);
     assert!(s.get_record("client", "app").await.unwrap().is_some());
     assert!(s.get_record("jti", "a").await.unwrap().is_some());
+
+    commit_all_contract(s).await;
+}
+
+/// Many versions in one commit: all become current, with their batch positions, or (one
+/// conflict) none does.
+async fn commit_all_contract(s: &dyn IndexStore) {
+    let batch = |ids: &[&str], created: i64| -> Vec<Commit> {
+        ids.iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let mut r = record("AuditEvent", id, 1, created);
+                r.cid = Some("bafkreibatch".into());
+                r.batch_entry = Some(n as u32);
+                commit(r, None)
+            })
+            .collect()
+    };
+    s.commit_all(batch(&["e1", "e2", "e3"], 10_000))
+        .await
+        .unwrap();
+    for (n, id) in ["e1", "e2", "e3"].iter().enumerate() {
+        let current = s.current("AuditEvent", id).await.unwrap().unwrap();
+        assert_eq!(current.batch_entry, Some(n as u32), "{id}");
+        assert_eq!(
+            s.version("AuditEvent", id, 1).await.unwrap().unwrap(),
+            current
+        );
+    }
+    assert!(s.references("bafkreibatch").await.unwrap());
+    // e2 exists: the batch conflicts as a whole, and e4 and e5 are not made.
+    let conflicting = s.commit_all(batch(&["e4", "e2", "e5"], 11_000)).await;
+    assert!(
+        matches!(conflicting, Err(IndexError::Conflict { .. })),
+        "{conflicting:?}"
+    );
+    for id in ["e4", "e5"] {
+        assert!(s.current("AuditEvent", id).await.unwrap().is_none(), "{id}");
+    }
+    // The same resource twice in one batch is a conflict too.
+    let twice = s.commit_all(batch(&["e6", "e6"], 12_000)).await;
+    assert!(
+        matches!(twice, Err(IndexError::Conflict { .. })),
+        "{twice:?}"
+    );
+    assert!(s.current("AuditEvent", "e6").await.unwrap().is_none());
+    s.commit_all(Vec::new()).await.unwrap();
 }
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {

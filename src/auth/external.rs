@@ -113,6 +113,7 @@ impl External {
             // Custodians are this server's own clients; another issuer's client ids are not.
             custodian: false,
             break_glass: None,
+            touched: None,
         })
     }
 

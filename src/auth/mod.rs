@@ -43,6 +43,9 @@ pub struct Principal {
     /// The reason given for an emergency access (HL7 purpose of use `BTG`, asked for on the
     /// request), which lets a practitioner past a missing grant, on the record.
     pub break_glass: Option<String>,
+    /// What the request this principal made has touched, for its AuditEvent (set per request
+    /// by the HTTP face; `None` for the server's own work, which is not an interaction).
+    pub touched: Option<crate::audit::Touched>,
 }
 
 impl Principal {
@@ -57,6 +60,7 @@ impl Principal {
             fhir_user: None,
             custodian: true,
             break_glass: None,
+            touched: None,
         }
     }
 
@@ -281,6 +285,7 @@ mod tests {
             fhir_user: None,
             custodian: false,
             break_glass: None,
+            touched: None,
         }
     }
 

@@ -273,6 +273,7 @@ impl TokenService {
                 fhir_user: claims.fhir_user,
                 custodian,
                 break_glass: None,
+                touched: None,
             },
         })
     }

@@ -146,8 +146,23 @@ fn security(facts: &ServerFacts<'_>) -> Json {
     ])
 }
 
+/// The interactions of a type only the server writes (its audit trail).
+const READ_ONLY_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "history-instance",
+    "history-type",
+    "search-type",
+];
+
 fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> Json {
-    let interactions = TYPE_INTERACTIONS
+    let server_written = resource_type == ResourceType::AUDIT_EVENT;
+    let served = if server_written {
+        READ_ONLY_INTERACTIONS
+    } else {
+        TYPE_INTERACTIONS
+    };
+    let interactions = served
         .iter()
         .map(|code| object([("code", Json::str(*code))]))
         .collect();
@@ -180,7 +195,7 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
         ("interaction", Json::Array(interactions)),
         ("versioning", Json::str("versioned-update")),
         ("readHistory", Json::Bool(true)),
-        ("updateCreate", Json::Bool(true)),
+        ("updateCreate", Json::Bool(!server_written)),
         ("conditionalCreate", Json::Bool(false)),
         ("conditionalRead", Json::str("full-support")),
         ("conditionalUpdate", Json::Bool(false)),
@@ -195,6 +210,17 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
             ("documentation", Json::str(documentation)),
         ])
     };
+    if server_written && let Some(fields) = entry.as_object_mut() {
+        fields.insert_at(
+            1,
+            "documentation",
+            Json::str(
+                "Written by the server only: one for every interaction, durable before its \
+                 response. Patients read their own (AuditEvent?patient=Patient/{id}&_sort=-date); \
+                 others need a grant covering AuditEvent.",
+            ),
+        );
+    }
     let operations = match resource_type.as_str() {
         "Patient" => vec![
             operation(

@@ -20,6 +20,7 @@ pub struct ResourceType(&'static str);
 impl ResourceType {
     pub const PATIENT: ResourceType = ResourceType("Patient");
     pub const CONSENT: ResourceType = ResourceType("Consent");
+    pub const AUDIT_EVENT: ResourceType = ResourceType("AuditEvent");
 
     pub fn parse(name: &str) -> Result<ResourceType, FhirError> {
         Self::all()

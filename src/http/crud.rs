@@ -154,7 +154,8 @@ pub async fn delete(
     if resource_type == ResourceType::CONSENT && state.repo.is_grant_mirror(&id) {
         return Err(ApiError::Repo(crate::repository::RepoError::Consent(
             crate::consent::ConsentError::Unprocessable(
-                "this Consent mirrors a grant on chain, which is never deleted: revoke it (PUT                  with status inactive, signed by the patient's wallet)"
+                "this Consent mirrors a grant on chain, which is never deleted: revoke it (PUT \
+                 with status inactive, signed by the patient's wallet)"
                     .into(),
             ),
         )));

@@ -3,6 +3,7 @@
 //!
 //! Only `http` knows axum. It knows no backend: it holds the `Repository` and asks it.
 
+mod audit;
 mod body;
 mod conditions;
 mod consent;
@@ -60,6 +61,7 @@ pub struct HttpSettings {
 
 /// The whole router: FHIR under `/fhir`, `/health` beside it.
 pub fn router(state: HttpState) -> Router {
+    let audited = state.clone();
     let fhir = Router::new()
         .route("/metadata", only(get(metadata::capability), "GET"))
         .route("/", only(get(search::system_search), "GET"))
@@ -143,6 +145,8 @@ pub fn router(state: HttpState) -> Router {
         .fallback(unknown_route)
         // Inside the logger, so a caught panic is logged as the 500 it becomes.
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside the panic catcher, so a request that panicked is audited as the 500 it is.
+        .layer(middleware::from_fn_with_state(audited, audit::record))
         .layer(middleware::from_fn(telemetry::log_request))
         .layer(cors())
         .with_state(state)

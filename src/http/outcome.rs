@@ -153,6 +153,9 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
             (StatusCode::BAD_REQUEST, one(code))
         }
         RepoError::SearchExpired(_) => (StatusCode::GONE, one(IssueCode::Processing)),
+        RepoError::ServerWritten(_) => {
+            (StatusCode::METHOD_NOT_ALLOWED, one(IssueCode::NotSupported))
+        }
         RepoError::Consent(consent) => {
             use crate::consent::ConsentError as C;
             match consent {
@@ -213,6 +216,9 @@ impl IntoResponse for ApiError {
                 if let Ok(value) = HeaderValue::from_str(allow) {
                     headers.insert(header::ALLOW, value);
                 }
+            }
+            ApiError::Repo(RepoError::ServerWritten(_)) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
             // The body may not have been read to its end: nothing more can follow on this
             // connection.

@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use super::HttpState;
 use super::negotiate::BaseUrl;
 use super::outcome::ApiError;
+use crate::audit::{Agent, Touched};
 use crate::auth::{AuthError, Principal};
 
 impl<S> FromRequestParts<S> for Principal
@@ -23,7 +24,15 @@ where
         let BaseUrl(base) = BaseUrl::from_request_parts(parts, state).await?;
         let state = HttpState::from_ref(state);
         let mut principal = state.auth.tokens.verify(&token, &base).await?;
-        principal.break_glass = break_glass(&parts.headers)?;
+        let asked = break_glass(&parts.headers);
+        principal.break_glass = asked.as_ref().ok().cloned().flatten();
+        // The request's audit notes (none when no audit trail is kept): who asked is known
+        // from here on, even if what follows refuses.
+        principal.touched = parts.extensions.get::<Touched>().cloned();
+        if let Some(touched) = &principal.touched {
+            touched.set_agent(Agent::of(&principal));
+        }
+        asked?;
         Ok(principal)
     }
 }

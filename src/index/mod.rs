@@ -47,6 +47,11 @@ pub struct VersionRecord {
     pub key_owner: Option<String>,
     /// The patients whose compartment holds this version (ids), for consent and scoping.
     pub patients: Vec<String>,
+    /// Where the content is inside the blob `cid` when that blob is a batch of sealed entries
+    /// (AuditEvents are stored so, many per blob: see `vault::batch`); `None`: the blob is
+    /// this version's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_entry: Option<u32>,
 }
 
 impl VersionRecord {
@@ -194,6 +199,10 @@ pub enum IndexError {
 pub trait IndexStore: Send + Sync {
     /// Makes `commit.record` the current version, durably, if `commit.replaces` still holds.
     async fn commit(&self, commit: Commit) -> Result<(), IndexError>;
+
+    /// `commit` for many versions of distinct resources, atomically: all are made current, or
+    /// (the first conflict, a failure) none is.
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError>;
 
     /// The newest version of a resource, deleted or not.
     async fn current(

@@ -61,6 +61,34 @@ impl Repository {
         permission: Permission,
         target: Target<'_>,
     ) -> Result<Decision, RepoError> {
+        let noted = principal
+            .touched
+            .as_ref()
+            .and_then(|touched| match &target {
+                Target::Interaction(_) => None,
+                Target::Stored { record, .. } => Some((
+                    touched,
+                    format!("{}/{}", record.resource_type, record.id),
+                    record.patients.clone(),
+                )),
+                Target::Proposed { .. } => None,
+            });
+        let decision = self.decide(principal, permission, target).await?;
+        // Every version judged is on the request's AuditEvent, allowed or not; content about
+        // to be written is noted by the write, which knows its id.
+        if let Some((touched, reference, patients)) = noted {
+            let allowed = matches!(decision, Decision::Allowed { .. });
+            touched.judged(reference, &patients, allowed);
+        }
+        Ok(decision)
+    }
+
+    async fn decide(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        target: Target<'_>,
+    ) -> Result<Decision, RepoError> {
         match target {
             Target::Interaction(resource_type) => {
                 match resource_type {
@@ -179,7 +207,8 @@ impl Repository {
             Access::Unknown => Err(RepoError::Unavailable {
                 component: "ledger",
                 detail: format!(
-                    "the consent registry has not been heard from within {} s, so no grant                      can be checked (patient data is refused until it is)",
+                    "the consent registry has not been heard from within {} s, so no grant \
+                     can be checked (patient data is refused until it is)",
                     consent.settings().stale_after.as_secs()
                 ),
             }),

@@ -48,6 +48,11 @@ pub enum RepoError {
     /// A consent request that cannot be done as asked (a bad signature, nothing prepared).
     #[error(transparent)]
     Consent(crate::consent::ConsentError),
+    /// A type only the server writes (its audit trail): a client may read it, never write it.
+    #[error(
+        "{0}s are written by the server itself (its audit trail) and cannot be created, changed or deleted"
+    )]
+    ServerWritten(&'static str),
     /// Index conflicts surface here only until the repository decides what they mean.
     #[error(transparent)]
     Index(IndexError),
@@ -74,7 +79,9 @@ impl RepoError {
         match refusal {
             super::authorize::Refusal::Scopes => RepoError::forbidden_record(record),
             super::authorize::Refusal::Consent => RepoError::Forbidden(format!(
-                "{}/{} is in a patient's record and no grant of that patient covers this                  access by this user or client (the patient grants access on chain; see                  Consent/$prepare)",
+                "{}/{} is in a patient's record and no grant of that patient covers this \
+                 access by this user or client (the patient grants access on chain; see \
+                 Consent/$prepare)",
                 record.resource_type, record.id
             )),
         }
@@ -89,7 +96,8 @@ impl RepoError {
         match refusal {
             super::authorize::Refusal::Scopes => RepoError::forbidden(resource_type, id),
             super::authorize::Refusal::Consent => RepoError::Forbidden(format!(
-                "writing {resource_type} into a patient's record needs a grant of that patient                  covering write (correct) of {resource_type} by this user or client"
+                "writing {resource_type} into a patient's record needs a grant of that patient \
+                 covering write (create, update, delete) of {resource_type} by this user or client"
             )),
         }
     }

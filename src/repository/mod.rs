@@ -14,6 +14,7 @@
 //!
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
+mod audit;
 mod authorize;
 pub mod consent;
 mod error;
@@ -56,6 +57,9 @@ pub struct Repository {
     /// The patients' consent, checked after the scopes. Set once at start by `app::build`;
     /// unset only for the CLI's offline commands, which act as the server itself.
     consent: std::sync::OnceLock<Arc<crate::consent::Consent>>,
+    /// The audit trail every interaction is recorded in. Set once at start by `app::build`;
+    /// unset for the CLI's offline commands.
+    audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
 
 /// The default bound on one search's time: past it the client is told to narrow the search.
@@ -102,6 +106,7 @@ impl Repository {
             reindexing: std::sync::Mutex::new(Default::default()),
             search_time_limit: SEARCH_TIME_LIMIT,
             consent: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -147,7 +152,10 @@ impl Repository {
                 record.resource_type, record.id, record.version
             )));
         };
-        let envelope = self.blobs.get(cid).await?;
+        let mut envelope = self.blobs.get(cid).await?;
+        if let Some(position) = record.batch_entry {
+            envelope = crate::vault::batch::entry(&envelope, position)?.to_vec();
+        }
         let aad = aad_for(&record.resource_type, &record.id, record.version);
         let content = self
             .vault

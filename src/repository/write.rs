@@ -28,6 +28,7 @@ impl Repository {
         body: Vec<u8>,
         handling: Handling,
     ) -> Result<Written, RepoError> {
+        refuse_server_written(resource_type)?;
         self.require_interaction(principal, Permission::Create, Some(resource_type))
             .await?;
         let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
@@ -67,6 +68,7 @@ impl Repository {
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
+        refuse_server_written(resource_type)?;
         self.require_interaction(principal, Permission::Update, Some(resource_type))
             .await?;
         resource::check_id(id)?;
@@ -158,7 +160,16 @@ impl Repository {
             patients: &compartment.patients,
             content: resource,
         };
-        if let Decision::Denied(refusal) = self.authorize(principal, permission, proposed).await? {
+        let decision = self.authorize(principal, permission, proposed).await?;
+        if let Some(touched) = &principal.touched {
+            let allowed = matches!(decision, Decision::Allowed { .. });
+            touched.judged(
+                format!("{}/{id}", resource_type.as_str()),
+                &compartment.patients,
+                allowed,
+            );
+        }
+        if let Decision::Denied(refusal) = decision {
             return Err(RepoError::refused_write(resource_type, id, refusal));
         }
         let key_owner = compartment.key_owner();
@@ -186,6 +197,7 @@ impl Repository {
             digest: Some(sealed.digest),
             key_owner: Some(key_owner),
             patients: compartment.patients,
+            batch_entry: None,
         };
         let commit = Commit {
             record: record.clone(),
@@ -209,6 +221,7 @@ impl Repository {
         id: &str,
         precondition: Precondition,
     ) -> Result<Option<VersionRecord>, RepoError> {
+        refuse_server_written(resource_type)?;
         self.require_interaction(principal, Permission::Delete, Some(resource_type))
             .await?;
         resource::check_id(id)?;
@@ -239,6 +252,7 @@ impl Repository {
                 cid: None,
                 digest: None,
                 key_owner: None,
+                batch_entry: None,
                 ..current.clone()
             };
             let commit = Commit {
@@ -272,6 +286,14 @@ impl Repository {
             tracing::warn!("the search parameter registry could not be rebuilt: {e}");
         }
     }
+}
+
+/// AuditEvents are the server's record of what happened: no client writes one.
+fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
+    if resource_type == ResourceType::AUDIT_EVENT {
+        return Err(RepoError::ServerWritten(ResourceType::AUDIT_EVENT.as_str()));
+    }
+    Ok(())
 }
 
 /// One version to write, and on whose behalf.

@@ -11,6 +11,7 @@
 //!
 //! Must not decide *who* may read: `consent` and `auth` do; the vault only does what it is told.
 
+pub mod batch;
 pub mod blob;
 pub mod bounded;
 pub mod cached;

@@ -35,6 +35,10 @@ pub const DEFINITION_TYPES: &[&str] = &[
     "ValueSet",
 ];
 
+/// Types a server may write only itself, refusing a client's write with 405 (the audit trail):
+/// their examples pass if stored intact or refused so.
+pub const SERVER_WRITTEN_TYPES: &[&str] = &["AuditEvent"];
+
 /// Official examples that violate R4 itself, and how.
 pub const KNOWN_INVALID: &[(&str, &str)] = &[
     (
@@ -174,6 +178,17 @@ pub async fn run(ctx: &SuiteContext, dir: &Path, all: bool, report: &mut Report)
                     }
                     _ => (false, format!("read back differs: {}", read.summary())),
                 }
+            } else if SERVER_WRITTEN_TYPES.contains(&example.resource_type.as_str()) {
+                // A server that keeps its own audit trail may refuse clients' AuditEvents.
+                let refused = put.status.as_u16() == 405 && put.is_outcome();
+                (
+                    refused,
+                    format!(
+                        "refused ({}): this server writes its {}s itself",
+                        put.status.as_u16(),
+                        example.resource_type
+                    ),
+                )
             } else if let Some((_, reason)) = known_invalid {
                 let refused = put.status.is_client_error() && put.is_outcome();
                 (

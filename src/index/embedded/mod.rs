@@ -216,6 +216,43 @@ impl IndexStore for EmbeddedIndex {
         .await
     }
 
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError> {
+        let search = self.search.clone();
+        let mut sealed = Vec::with_capacity(commits.len());
+        for commit in &commits {
+            let r = &commit.record;
+            sealed.push(self.seal_search(
+                &r.resource_type,
+                &r.id,
+                r.version,
+                &commit.searchable,
+            )?);
+        }
+        let keys: Vec<_> = commits
+            .iter()
+            .map(|c| {
+                let r = &c.record;
+                (
+                    r.resource_type.clone(),
+                    r.id.clone(),
+                    c.searchable.keys.clone(),
+                )
+            })
+            .collect();
+        let durable: Box<dyn FnOnce(&()) + Send> = Box::new(move |()| {
+            if let Ok(mut index) = search.write() {
+                for (rt, id, keys) in &keys {
+                    index.set(rt, id, keys);
+                }
+            }
+        });
+        self.write_then(
+            move |txn| writer::apply_commits(txn, &commits, &sealed),
+            Some(durable),
+        )
+        .await
+    }
+
     async fn current(
         &self,
         resource_type: &str,
@@ -384,6 +421,7 @@ mod tests {
             digest: Some("d".into()),
             key_owner: Some("Patient/p".into()),
             patients: vec!["p".into()],
+            batch_entry: None,
         };
         let query = CandidateQuery {
             resource_types: vec!["Patient".into()],

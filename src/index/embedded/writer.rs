@@ -188,6 +188,36 @@ pub(super) fn apply_sighting(
     Ok(now)
 }
 
+/// `apply_commit` for each of `commits`, every expectation checked before anything is written,
+/// so a conflict leaves the group's transaction as it found it.
+pub(super) fn apply_commits(
+    txn: &WriteTransaction,
+    commits: &[Commit],
+    sealed: &[SealedSearch],
+) -> Result<(), IndexError> {
+    {
+        let current = txn.open_table(CURRENT).map_err(unavailable)?;
+        let mut seen = std::collections::HashSet::new();
+        for commit in commits {
+            let r = &commit.record;
+            let existing = current
+                .get((r.resource_type.as_str(), r.id.as_str()))
+                .map_err(unavailable)?
+                .map(|v| v.value());
+            let expected = existing == commit.replaces
+                && r.version == commit.replaces.unwrap_or(0) + 1
+                && seen.insert((r.resource_type.as_str(), r.id.as_str()));
+            if !expected {
+                return Err(IndexError::Conflict { current: existing });
+            }
+        }
+    }
+    for (commit, sealed) in commits.iter().zip(sealed) {
+        apply_commit(txn, commit, sealed)?;
+    }
+    Ok(())
+}
+
 pub(super) fn apply_commit(
     txn: &WriteTransaction,
     commit: &Commit,

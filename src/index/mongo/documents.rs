@@ -25,6 +25,8 @@ pub(super) struct VersionDoc {
     pub(super) digest: Option<String>,
     pub(super) key_owner: Option<String>,
     pub(super) patients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) batch_entry: Option<u32>,
     /// The version's search entries (absent in versions written before search existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) search: Option<bson::Binary>,
@@ -51,6 +53,8 @@ pub(super) struct CurrentDoc {
     pub(super) key_owner: Option<String>,
     #[serde(default)]
     pub(super) patients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) batch_entry: Option<u32>,
     #[serde(default)]
     pub(super) keys: Vec<String>,
     #[serde(default)]
@@ -86,6 +90,7 @@ impl CurrentDoc {
             digest: r.digest.clone(),
             key_owner: r.key_owner.clone(),
             patients: r.patients.clone(),
+            batch_entry: r.batch_entry,
             keys: commit.searchable.keys.clone(),
             search: Some(binary(&commit.searchable.entries)),
             registry: Some(commit.searchable.registry as i64),
@@ -106,6 +111,7 @@ impl CurrentDoc {
                 digest: self.digest,
                 key_owner: self.key_owner,
                 patients: self.patients,
+                batch_entry: self.batch_entry,
             },
         }
     }
@@ -186,6 +192,7 @@ impl VersionDoc {
             digest: r.digest.clone(),
             key_owner: r.key_owner.clone(),
             patients: r.patients.clone(),
+            batch_entry: r.batch_entry,
             search: Some(binary(&commit.searchable.entries)),
         }
     }
@@ -202,6 +209,7 @@ impl VersionDoc {
             digest: self.digest,
             key_owner: self.key_owner,
             patients: self.patients,
+            batch_entry: self.batch_entry,
         }
     }
 }

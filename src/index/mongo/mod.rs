@@ -283,41 +283,28 @@ impl MongoIndex {
         Ok(())
     }
 
-    async fn commit_in_transaction(&self, commit: &Commit) -> Result<(), MongoError> {
-        let record = &commit.record;
-        let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+    /// Every commit in one transaction: the new resources' documents in one `insert_many` per
+    /// collection (a batch of AuditEvents is one round trip, not one per event), each
+    /// replacement on its own.
+    async fn commit_all_in_transaction(&self, commits: &[Commit]) -> Result<(), MongoError> {
         let mut session = self.client.start_session().await?;
         session.start_transaction().write_concern(durable()).await?;
-        let key = resource_key(rt, id);
-        let current = CurrentDoc::from_commit(commit);
-        match commit.replaces {
-            None => {
-                self.current
-                    .insert_one(current)
-                    .session(&mut session)
-                    .await?;
-            }
-            Some(previous) => {
-                let swapped = self
-                    .current
-                    .replace_one(doc! {"_id": &key, "version": previous as i64}, current)
-                    .session(&mut session)
-                    .await?;
-                if swapped.matched_count == 0 {
-                    let _ = session.abort_transaction().await;
-                    return Err(MongoError::custom(StaleReplaces));
-                }
-                self.versions
-                    .update_one(
-                        doc! {"_id": version_key(rt, id, previous)},
-                        doc! {"$set": {"superseded_at": record.last_updated}},
-                    )
-                    .session(&mut session)
-                    .await?;
-            }
+        let created: Vec<_> = commits
+            .iter()
+            .filter(|c| c.replaces.is_none())
+            .map(CurrentDoc::from_commit)
+            .collect();
+        if !created.is_empty() {
+            self.current
+                .insert_many(created)
+                .session(&mut session)
+                .await?;
+        }
+        for commit in commits.iter().filter(|c| c.replaces.is_some()) {
+            self.replace_current(commit, &mut session).await?;
         }
         self.versions
-            .insert_one(VersionDoc::from_commit(commit))
+            .insert_many(commits.iter().map(VersionDoc::from_commit))
             .session(&mut session)
             .await?;
         // The server may have committed before the answer was lost: the commit itself is
@@ -334,6 +321,42 @@ impl MongoIndex {
                 other => return other,
             }
         }
+    }
+
+    /// Makes `commit` (which replaces a version) current inside `session`'s transaction, and
+    /// marks the version it replaces as superseded; aborts the transaction if that version is
+    /// no longer the current one.
+    async fn replace_current(
+        &self,
+        commit: &Commit,
+        session: &mut mongodb::ClientSession,
+    ) -> Result<(), MongoError> {
+        let record = &commit.record;
+        let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+        let key = resource_key(rt, id);
+        let Some(previous) = commit.replaces else {
+            return Ok(());
+        };
+        let swapped = self
+            .current
+            .replace_one(
+                doc! {"_id": &key, "version": previous as i64},
+                CurrentDoc::from_commit(commit),
+            )
+            .session(&mut *session)
+            .await?;
+        if swapped.matched_count == 0 {
+            let _ = session.abort_transaction().await;
+            return Err(MongoError::custom(StaleReplaces));
+        }
+        self.versions
+            .update_one(
+                doc! {"_id": version_key(rt, id, previous)},
+                doc! {"$set": {"superseded_at": record.last_updated}},
+            )
+            .session(&mut *session)
+            .await?;
+        Ok(())
     }
 
     async fn current_version(
@@ -412,11 +435,18 @@ const TRANSACTION_ATTEMPTS: usize = 3;
 #[async_trait]
 impl IndexStore for MongoIndex {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
+        self.commit_all(vec![commit]).await
+    }
+
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
         // A transaction the server aborted as transient (a dropped connection, an election)
         // wrote nothing, and is run again whole, as MongoDB's drivers' `withTransaction` does.
         let mut attempts = 1;
         let outcome = loop {
-            match self.commit_in_transaction(&commit).await {
+            match self.commit_all_in_transaction(&commits).await {
                 Err(e)
                     if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
                         && attempts < TRANSACTION_ATTEMPTS =>
@@ -429,8 +459,11 @@ impl IndexStore for MongoIndex {
         match outcome {
             Ok(()) => Ok(()),
             Err(e) if is_conflict(&e) || e.get_custom::<StaleReplaces>().is_some() => {
+                // The current version of the one resource a single commit names; of a batch,
+                // the first's (the caller learns only that the batch lost).
+                let first = &commits[0].record;
                 let current = self
-                    .current_version(&commit.record.resource_type, &commit.record.id)
+                    .current_version(&first.resource_type, &first.id)
                     .await?;
                 Err(IndexError::Conflict { current })
             }

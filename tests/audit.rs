@@ -1,0 +1,158 @@
+//! The audit trail end to end, through HTTP, on both profiles: reads, writes, searches, a
+//! consent denial and an unauthenticated request each leave an AuditEvent naming who, what and
+//! the patient; the patient finds who read their record with their own token; nobody without
+//! a grant sees it; AuditEvents cannot be written, changed or deleted by anyone.
+
+mod common;
+
+use common::Profile;
+use common::actors::{Api, Reply, actors, seed, start};
+use serde_json::{Value, json};
+
+/// The AuditEvents of a search's Bundle.
+fn events(reply: &Reply) -> Vec<Value> {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| e["resource"].clone())
+                .filter(|r| r["resourceType"] == "AuditEvent")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn subtype(event: &Value) -> &str {
+    event["subtype"][0]["code"].as_str().unwrap_or_default()
+}
+
+fn names(event: &Value, reference: &str) -> bool {
+    event["entity"]
+        .as_array()
+        .is_some_and(|es| es.iter().any(|e| e["what"]["reference"] == reference))
+}
+
+fn requestor(event: &Value) -> &Value {
+    &event["agent"][0]["who"]
+}
+
+/// The patient's AuditEvents, newest first, as the patient sees them.
+async fn patients_events(api: &Api, patient: &str) -> Vec<Value> {
+    events(
+        &api.get(&format!(
+            "AuditEvent?patient=Patient/{patient}&_sort=-date&_count=200"
+        ))
+        .await,
+    )
+}
+
+async fn the_audit_trail_holds(profile: Profile) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = start(dir.path(), &profile, &[]).await;
+    let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
+    let (observation, _condition) = seed(&a.custodian).await;
+
+    // Three interactions with p1's Observation: the custodian reads it, a practitioner with
+    // no grant is refused, and a caller with no token is turned away.
+    assert_eq!(a.custodian.get(&observation).await.status, 200);
+    assert_eq!(a.doctor.get(&observation).await.status, 403);
+    let anonymous = reqwest::Client::new()
+        .get(format!("{}/{observation}", a.custodian.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let searched = a.custodian.get("Observation?subject=Patient/p1").await;
+    assert_eq!(searched.status, 200, "{}", searched.body);
+
+    // The patient sees each of them (their own token, their own compartment).
+    let mine = patients_events(&a.patient, "p1").await;
+    let custodian_read = mine
+        .iter()
+        .find(|e| subtype(e) == "read" && names(e, &observation) && e["outcome"] == "0")
+        .unwrap_or_else(|| panic!("no AuditEvent of the custodian's read in {mine:#?}"));
+    assert_eq!(
+        requestor(custodian_read)["identifier"]["value"],
+        started.server.credentials().client_id.as_str(),
+        "{custodian_read:#}"
+    );
+    assert!(
+        custodian_read["agent"][0]["network"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.")),
+        "{custodian_read:#}"
+    );
+    let denied = mine
+        .iter()
+        .find(|e| subtype(e) == "read" && e["outcome"] == "4")
+        .unwrap_or_else(|| panic!("no AuditEvent of the denied read in {mine:#?}"));
+    assert_eq!(requestor(denied)["reference"], "Practitioner/doc1");
+    assert!(names(denied, "Patient/p1"), "{denied:#}");
+    assert!(
+        mine.iter().any(|e| subtype(e) == "search-type"
+            && e["entity"].as_array().is_some_and(|es| es
+                .iter()
+                .any(|x| x["role"]["code"] == "24" && x["query"].is_string()))),
+        "no AuditEvent of the search in {mine:#?}"
+    );
+    assert!(
+        mine.iter()
+            .any(|e| subtype(e) == "create" && names(e, &observation)),
+        "no AuditEvent of the Observation's create"
+    );
+    // Newest first.
+    let recorded: Vec<&str> = mine.iter().filter_map(|e| e["recorded"].as_str()).collect();
+    assert!(recorded.windows(2).all(|w| w[0] >= w[1]), "{recorded:?}");
+
+    // The unauthenticated request is on the record too (in no one's compartment: it never
+    // reached a resource), as the custodian can see.
+    let all = events(&a.custodian.get("AuditEvent?_count=500").await);
+    assert!(
+        all.iter().any(|e| e["outcome"] == "4"
+            && e["agent"][0]["name"] == "unauthenticated"
+            && e["outcomeDesc"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("HTTP 401"))),
+        "no AuditEvent of the 401"
+    );
+
+    // Nobody else sees who read p1's record: another patient's token is confined to their
+    // own compartment, a client without a grant finds nothing.
+    let outsider_sees = events(&a.outsider.get("AuditEvent?patient=Patient/p1").await);
+    assert!(outsider_sees.is_empty(), "{outsider_sees:#?}");
+    let doctor_sees = events(&a.doctor.get("AuditEvent?patient=Patient/p1").await);
+    assert!(doctor_sees.is_empty(), "{doctor_sees:#?}");
+
+    // An AuditEvent reads back as stored, and cannot be written by anyone.
+    let id = custodian_read["id"].as_str().unwrap();
+    let read = a.patient.get(&format!("AuditEvent/{id}")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let vread = a.patient.get(&format!("AuditEvent/{id}/_history/1")).await;
+    assert_eq!(vread.body, read.body);
+    let mut changed = read.body.clone();
+    changed["outcome"] = json!("8");
+    for reply in [
+        a.custodian.put(&format!("AuditEvent/{id}"), &changed).await,
+        a.custodian.post("AuditEvent", &changed).await,
+        a.custodian
+            .send(reqwest::Method::DELETE, &format!("AuditEvent/{id}"), None)
+            .await,
+    ] {
+        assert_eq!(reply.status, 405, "{}", reply.body);
+        assert_eq!(reply.body["resourceType"], "OperationOutcome");
+    }
+    let again = a.patient.get(&format!("AuditEvent/{id}")).await;
+    assert_eq!(again.body, read.body, "an AuditEvent changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_interaction_is_audited_on_the_embedded_profile() {
+    the_audit_trail_holds(Profile::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_interaction_is_audited_on_the_services_profile() {
+    the_audit_trail_holds(Profile::services("audit")).await;
+}
