@@ -5,8 +5,12 @@
 
 mod common;
 
-use common::Profile;
-use common::actors::{Api, Reply, actors, seed, start};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::actors::{Api, Reply, Started, actors, seed, start};
+use common::{Profile, Spawned};
 use serde_json::{Value, json};
 
 /// The AuditEvents of a search's Bundle.
@@ -42,7 +46,7 @@ fn requestor(event: &Value) -> &Value {
 async fn patients_events(api: &Api, patient: &str) -> Vec<Value> {
     events(
         &api.get(&format!(
-            "AuditEvent?patient=Patient/{patient}&_sort=-date&_count=200"
+            "AuditEvent?patient=Patient/{patient}&_sort=-date&_count=1000"
         ))
         .await,
     )
@@ -145,11 +149,135 @@ async fn the_audit_trail_holds(profile: Profile) {
     }
     let again = a.patient.get(&format!("AuditEvent/{id}")).await;
     assert_eq!(again.body, read.body, "an AuditEvent changed");
+
+    // The patient's chain is complete, as a verifier written from the formats (not this
+    // server's code) finds; with one event removed, or one changed, it is not.
+    let mine = patients_events(&a.patient, "p1").await;
+    assert!(mine.len() >= 6, "{}", mine.len());
+    let (complete, report) = verify_chain("p1", &mine);
+    assert!(complete, "{report}");
+    assert!(
+        report.contains(&format!("{} links, complete", mine.len())),
+        "{report}"
+    );
+    let mut gap = mine.clone();
+    gap.remove(mine.len() / 2);
+    let (complete, report) = verify_chain("p1", &gap);
+    assert!(!complete && report.contains("missing"), "{report}");
+    let mut changed = mine.clone();
+    let middle = mine.len() / 2;
+    changed[middle]["outcomeDesc"] = json!(format!(
+        "{} ",
+        changed[middle]["outcomeDesc"].as_str().unwrap()
+    ));
+    let (complete, report) = verify_chain("p1", &changed);
+    assert!(!complete && report.contains("does not follow"), "{report}");
+}
+
+/// Runs `conformance-tests/verify/audit_chain.py` on `events`: (complete, what it printed).
+fn verify_chain(patient: &str, events: &[Value]) -> (bool, String) {
+    use std::io::Write;
+    let python = std::env::var("INTELLIHEALTH_PYTHON")
+        .expect("INTELLIHEALTH_PYTHON: run scripts/test, which installs eth-account");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conformance-tests/verify/audit_chain.py"
+    );
+    let mut child = std::process::Command::new(python)
+        .args([script, patient])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(events).unwrap().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_interaction_is_audited_on_the_embedded_profile() {
     the_audit_trail_holds(Profile::Embedded).await;
+}
+
+/// `kill -9` in the middle of a load of reads: every read that was answered has its
+/// AuditEvent after the restart, and the patient's chain is still complete and goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_answered_read_loses_its_audit_event_to_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = start(dir.path(), &Profile::Embedded, &[]).await;
+    let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
+    let (observation, _) = seed(&a.custodian).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (custodian, observation, answered) =
+                (a.custodian.clone(), observation.clone(), answered.clone());
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let reply = reqwest::Client::new()
+                        .get(format!("{}/{observation}", custodian.base))
+                        .bearer_auth(&custodian.token)
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match reply {
+                        Ok(r) if r.status().as_u16() == 200 => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Started {
+        server,
+        issuer,
+        outsider_secret,
+        args,
+        env,
+    } = started;
+    let credentials = server.credentials().clone();
+    server.kill();
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let answered = answered.load(Ordering::SeqCst);
+    assert!(answered > 0, "no read was answered before the kill");
+    eprintln!("{answered} reads answered before kill -9");
+
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Spawned::with_env(dir.path(), &arg_refs, &Profile::Embedded, None, &env)
+        .with_credentials(credentials)
+        .ready(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the server restarts"));
+    let b = actors(&server, &issuer, &outsider_secret).await;
+    assert_eq!(b.custodian.get(&observation).await.status, 200);
+    let mine = patients_events(&b.patient, "p1").await;
+    let reads = mine
+        .iter()
+        .filter(|e| subtype(e) == "read" && names(e, &observation) && e["outcome"] == "0")
+        .count();
+    // Every answered read, and the one after the restart; reads cut off by the kill may be
+    // there too (audited, then not answered), never fewer.
+    assert!(
+        reads > answered,
+        "{reads} AuditEvents of {answered} answered reads (+1)"
+    );
+    let (complete, report) = verify_chain("p1", &mine);
+    assert!(complete, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -349,7 +349,7 @@ async fn commit_all_contract(s: &dyn IndexStore) {
             })
             .collect()
     };
-    s.commit_all(batch(&["e1", "e2", "e3"], 10_000))
+    s.commit_all(batch(&["e1", "e2", "e3"], 10_000), Vec::new())
         .await
         .unwrap();
     for (n, id) in ["e1", "e2", "e3"].iter().enumerate() {
@@ -362,7 +362,9 @@ async fn commit_all_contract(s: &dyn IndexStore) {
     }
     assert!(s.references("bafkreibatch").await.unwrap());
     // e2 exists: the batch conflicts as a whole, and e4 and e5 are not made.
-    let conflicting = s.commit_all(batch(&["e4", "e2", "e5"], 11_000)).await;
+    let conflicting = s
+        .commit_all(batch(&["e4", "e2", "e5"], 11_000), Vec::new())
+        .await;
     assert!(
         matches!(conflicting, Err(IndexError::Conflict { .. })),
         "{conflicting:?}"
@@ -371,13 +373,31 @@ async fn commit_all_contract(s: &dyn IndexStore) {
         assert!(s.current("AuditEvent", id).await.unwrap().is_none(), "{id}");
     }
     // The same resource twice in one batch is a conflict too.
-    let twice = s.commit_all(batch(&["e6", "e6"], 12_000)).await;
+    let twice = s.commit_all(batch(&["e6", "e6"], 12_000), Vec::new()).await;
     assert!(
         matches!(twice, Err(IndexError::Conflict { .. })),
         "{twice:?}"
     );
     assert!(s.current("AuditEvent", "e6").await.unwrap().is_none());
-    s.commit_all(Vec::new()).await.unwrap();
+    // Records go with the versions, or not at all; alone, they are simply put.
+    s.commit_all(Vec::new(), Vec::new()).await.unwrap();
+    let note = |key: &str| Record {
+        kind: "trail".into(),
+        key: key.into(),
+        value: key.as_bytes().to_vec(),
+        expires_at: None,
+    };
+    s.commit_all(batch(&["e7"], 13_000), vec![note("with-e7")])
+        .await
+        .unwrap();
+    assert!(s.get_record("trail", "with-e7").await.unwrap().is_some());
+    let lost = s
+        .commit_all(batch(&["e8", "e7"], 14_000), vec![note("with-e8")])
+        .await;
+    assert!(matches!(lost, Err(IndexError::Conflict { .. })), "{lost:?}");
+    assert!(s.get_record("trail", "with-e8").await.unwrap().is_none());
+    s.commit_all(Vec::new(), vec![note("alone")]).await.unwrap();
+    assert!(s.get_record("trail", "alone").await.unwrap().is_some());
 }
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn IndexStore>) {

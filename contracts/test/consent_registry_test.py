@@ -9,102 +9,31 @@ the two tools and runs it; scripts/test runs that.
 """
 
 import json
-import subprocess
 import sys
-import time
-import urllib.request
 
-from eth_abi import decode, encode
+from eth_abi import encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
+
+import chain
+from chain import check, error, expect_revert, now, rpc, transact, view
 
 ANVIL, ARTIFACT = sys.argv[1], sys.argv[2]
 CHAIN_ID = 31337
 NAME, VERSION = "IntelliHealth Consent", "1"
 READ, WRITE = 1, 2
 
-checks = 0
-
-
-def check(what, ok, detail=""):
-    global checks
-    checks += 1
-    if not ok:
-        print(f"FAILED: {what} {detail}", file=sys.stderr)
-        sys.exit(1)
-
-
-def start_anvil():
-    proc = subprocess.Popen(
-        [ANVIL, "--port", "0", "--chain-id", str(CHAIN_ID)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if "Listening on" in line:
-            return proc, line.strip().rsplit(" ", 1)[-1]
-    raise SystemExit("anvil did not start")
-
-
-proc, address = start_anvil()
-url = f"http://{address}"
-
-
-def rpc(method, params):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as reply:
-        return json.load(reply)
-
-
-def receipt(tx):
-    for _ in range(200):
-        r = rpc("eth_getTransactionReceipt", [tx])["result"]
-        if r:
-            return r
-        time.sleep(0.02)
-    raise SystemExit(f"no receipt for {tx}")
-
-
+chain.start(ANVIL, CHAIN_ID)
 artifact = json.load(open(ARTIFACT))
 accounts = rpc("eth_accounts", [])["result"]
 registrar, relayer, stranger = accounts[0], accounts[1], accounts[2]
 ctor = encode(["address", "string", "string"], [registrar, NAME, VERSION])
-deployed = receipt(rpc("eth_sendTransaction", [{
-    "from": registrar, "data": artifact["bytecode"] + ctor.hex(), "gas": hex(5_000_000)}])["result"])
+deployed = chain.deploy(artifact["bytecode"], ctor, registrar)
 contract = deployed["contractAddress"]
 gas = {"deploy": int(deployed["gasUsed"], 16)}
 domain = {"name": NAME, "version": VERSION, "chainId": CHAIN_ID,
           "verifyingContract": to_checksum_address(contract)}
-
-
-def error(name):
-    return "0x" + keccak(text=name + "()")[:4].hex()
-
-
-def calldata(signature, types, args):
-    return "0x" + (keccak(text=signature)[:4] + encode(types, args)).hex()
-
-
-def transact(sender, signature, types, args):
-    """('ok', receipt) or ('revert', error selector)."""
-    data = calldata(signature, types, args)
-    tried = rpc("eth_call", [{"from": sender, "to": contract, "data": data}, "latest"])
-    if "error" in tried:
-        return "revert", (tried["error"].get("data") or "")[:10]
-    tx = rpc("eth_sendTransaction", [{"from": sender, "to": contract, "data": data,
-                                      "gas": hex(2_000_000)}])["result"]
-    r = receipt(tx)
-    check(f"{signature} mined", r["status"] == "0x1", r)
-    return "ok", r
-
-
-def view(signature, types, args, out):
-    result = rpc("eth_call", [{"to": contract, "data": calldata(signature, types, args)}, "latest"])
-    return decode(out, bytes.fromhex(result["result"][2:]))
-
-
-def now():
-    return int(rpc("eth_getBlockByNumber", ["latest", False])["result"]["timestamp"], 16)
 
 
 def sign(primary, fields, message, key):
@@ -169,10 +98,6 @@ def revoke_args(patient, grant_id, deadline, key, nonce=None):
 
 def grant_id_of(patient, nonce):
     return keccak(encode(["bytes32", "uint256"], [patient, nonce]))
-
-
-def expect_revert(what, outcome, name):
-    check(what, outcome == ("revert", error(name)), f"{outcome} (expected {name})")
 
 
 try:
@@ -358,7 +283,6 @@ try:
         registrar, "breakGlass(bytes32,bytes32,bytes32,uint64)", ["bytes32", "bytes32", "bytes32", "uint64"],
         [patient, practitioner, reason, now() + 3600]), "NotRegistrar")
 
-    print(json.dumps({"checks": checks, "gas": gas}))
+    print(json.dumps({"checks": chain.checks, "gas": gas}))
 finally:
-    proc.terminate()
-    proc.wait()
+    chain.stop()

@@ -9,16 +9,20 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use super::trail::{Records, Trail};
 use super::{AuditError, Interaction, Source, event};
 use crate::fhir::instant::now_millis;
 
 /// Where a round of AuditEvents goes: the repository, which seals them into one batch and
-/// commits them in one index transaction.
+/// commits them, with the trail's records, in one index transaction.
 #[async_trait]
-pub trait AuditSink: Send + Sync {
-    /// Stores `events` (AuditEvent JSON with ids, not yet stamped with `meta`) durably, all
-    /// or none.
-    async fn persist(&self, events: Vec<serde_json::Value>) -> Result<(), AuditError>;
+pub trait AuditSink: Records {
+    /// Stores `events` (AuditEvents as they will be served) and `records` durably, all or none.
+    async fn persist(
+        &self,
+        events: Vec<serde_json::Value>,
+        records: Vec<crate::index::Record>,
+    ) -> Result<(), AuditError>;
 }
 
 /// Most AuditEvents in one round: bounds one batch blob (about 2 KB an event) and the time a
@@ -67,17 +71,12 @@ async fn write_rounds(
     source: Source,
     mut inbox: mpsc::Receiver<Waiting>,
 ) {
+    let mut trail: Option<Trail> = None;
     let mut round = Vec::new();
     while inbox.recv_many(&mut round, MAX_ROUND).await > 0 {
-        let recorded = now_millis();
-        let events = round
-            .iter()
-            .map(|w| {
-                let id = crate::fhir::resource::new_id();
-                event(&w.interaction, &id, recorded, &source)
-            })
-            .collect();
-        let outcome = sink.persist(events).await.map_err(|e| e.to_string());
+        let outcome = store_round(sink.as_ref(), &source, &mut trail, &round)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::error!(events = round.len(), "audit round not stored: {e}");
         }
@@ -85,4 +84,32 @@ async fn write_rounds(
             let _ = waiting.done.send(outcome.clone());
         }
     }
+}
+
+/// Makes the round's AuditEvents and stores them; the trail moves on only if they are durable.
+async fn store_round(
+    sink: &dyn AuditSink,
+    source: &Source,
+    trail: &mut Option<Trail>,
+    round: &[Waiting],
+) -> Result<(), AuditError> {
+    let trail = match trail {
+        Some(trail) => trail,
+        None => trail.insert(Trail::load(sink, &source.replica).await?),
+    };
+    let recorded = now_millis();
+    let events = round
+        .iter()
+        .map(|w| {
+            let id = crate::fhir::resource::new_id();
+            (
+                event(&w.interaction, &id, recorded, source),
+                w.interaction.patients(),
+            )
+        })
+        .collect();
+    let prepared = trail.prepare(sink, events, recorded).await?;
+    sink.persist(prepared.events, prepared.records).await?;
+    trail.committed(prepared.advance);
+    Ok(())
 }

@@ -12,7 +12,9 @@
 //! Must not store anything itself: `AuditSink` (the repository) seals and commits the batches;
 //! nor know HTTP: the HTTP face hands it a `Request` summary.
 
+pub mod jcs;
 pub mod log;
+pub mod trail;
 
 use std::sync::{Arc, Mutex};
 

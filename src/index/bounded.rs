@@ -73,8 +73,13 @@ impl IndexStore for Bounded {
         self.run("commit", self.inner.commit(commit)).await
     }
 
-    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError> {
-        self.run("commit_all", self.inner.commit_all(commits)).await
+    async fn commit_all(
+        &self,
+        commits: Vec<Commit>,
+        records: Vec<Record>,
+    ) -> Result<(), IndexError> {
+        self.run("commit_all", self.inner.commit_all(commits, records))
+            .await
     }
 
     async fn current(

@@ -200,9 +200,14 @@ pub trait IndexStore: Send + Sync {
     /// Makes `commit.record` the current version, durably, if `commit.replaces` still holds.
     async fn commit(&self, commit: Commit) -> Result<(), IndexError>;
 
-    /// `commit` for many versions of distinct resources, atomically: all are made current, or
-    /// (the first conflict, a failure) none is.
-    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError>;
+    /// `commit` for many versions of distinct resources, atomically: all are made current and
+    /// every one of `records` is put (as `put_record`), or (the first conflict, a failure)
+    /// nothing is. A record put already expired is gone.
+    async fn commit_all(
+        &self,
+        commits: Vec<Commit>,
+        records: Vec<Record>,
+    ) -> Result<(), IndexError>;
 
     /// The newest version of a resource, deleted or not.
     async fn current(

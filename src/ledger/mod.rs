@@ -18,6 +18,7 @@ pub mod bindings;
 pub mod consent;
 pub mod embedded;
 pub mod identity;
+pub mod merkle;
 pub mod rpc;
 
 use alloy::primitives::{Address, B256, Bytes, Log};

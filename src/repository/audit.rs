@@ -10,9 +10,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::Repository;
+use crate::audit::trail::Records;
 use crate::audit::{AUDIT_KEY_OWNER, AuditError, AuditLog, AuditSink};
 use crate::fhir::instant::now_millis;
-use crate::fhir::resource::{self, ResourceType};
+use crate::fhir::resource::ResourceType;
 use crate::index::{Commit, Method, VersionRecord};
 use crate::search::compartment::patient_compartment;
 use crate::vault::aad_for;
@@ -43,19 +44,38 @@ fn failed(what: &str, e: impl std::fmt::Display) -> AuditError {
 }
 
 #[async_trait]
+impl Records for Repository {
+    async fn record(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, AuditError> {
+        self.index
+            .get_record(kind, key)
+            .await
+            .map(|r| r.map(|r| r.value))
+            .map_err(|e| failed("the index", e))
+    }
+}
+
+#[async_trait]
 impl AuditSink for Repository {
-    async fn persist(&self, events: Vec<serde_json::Value>) -> Result<(), AuditError> {
+    async fn persist(
+        &self,
+        events: Vec<serde_json::Value>,
+        records: Vec<crate::index::Record>,
+    ) -> Result<(), AuditError> {
         let kind = ResourceType::AUDIT_EVENT;
         let registry = self.registry();
-        let last_updated = now_millis();
+        let last_updated = events
+            .first()
+            .and_then(|e| e["meta"]["lastUpdated"].as_str())
+            .and_then(crate::fhir::instant::period)
+            .map(|(start, _)| start)
+            .unwrap_or_else(now_millis);
         let mut envelopes = Vec::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
         for event in events {
             let bytes = serde_json::to_vec(&event).map_err(|e| failed("encoding", e))?;
-            let mut resource =
-                crate::fhir::json::parse(&bytes).map_err(|e| failed("encoding", e))?;
+            // Already stamped as stored (the trail's leaf is of exactly these bytes).
+            let resource = crate::fhir::json::parse(&bytes).map_err(|e| failed("encoding", e))?;
             let id = event["id"].as_str().unwrap_or_default().to_owned();
-            resource::stamp(&mut resource, &id, 1, last_updated);
             let compartment = patient_compartment(kind.as_str(), &id, &resource);
             let content = Arc::new(resource.to_bytes());
             let searchable = super::searchable(
@@ -101,7 +121,7 @@ impl AuditSink for Repository {
             })
             .collect();
         self.index
-            .commit_all(commits)
+            .commit_all(commits, records)
             .await
             .map_err(|e| failed("the index", e))
     }

@@ -216,7 +216,11 @@ impl IndexStore for EmbeddedIndex {
         .await
     }
 
-    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError> {
+    async fn commit_all(
+        &self,
+        commits: Vec<Commit>,
+        records: Vec<Record>,
+    ) -> Result<(), IndexError> {
         let search = self.search.clone();
         let mut sealed = Vec::with_capacity(commits.len());
         for commit in &commits {
@@ -247,7 +251,13 @@ impl IndexStore for EmbeddedIndex {
             }
         });
         self.write_then(
-            move |txn| writer::apply_commits(txn, &commits, &sealed),
+            move |txn| {
+                writer::apply_commits(txn, &commits, &sealed)?;
+                for record in records {
+                    writer::apply_record(txn, &RecordOp::Put(record))?;
+                }
+                Ok(())
+            },
             Some(durable),
         )
         .await

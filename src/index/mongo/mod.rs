@@ -286,7 +286,11 @@ impl MongoIndex {
     /// Every commit in one transaction: the new resources' documents in one `insert_many` per
     /// collection (a batch of AuditEvents is one round trip, not one per event), each
     /// replacement on its own.
-    async fn commit_all_in_transaction(&self, commits: &[Commit]) -> Result<(), MongoError> {
+    async fn commit_all_in_transaction(
+        &self,
+        commits: &[Commit],
+        records: &[Record],
+    ) -> Result<(), MongoError> {
         let mut session = self.client.start_session().await?;
         session.start_transaction().write_concern(durable()).await?;
         let created: Vec<_> = commits
@@ -303,10 +307,20 @@ impl MongoIndex {
         for commit in commits.iter().filter(|c| c.replaces.is_some()) {
             self.replace_current(commit, &mut session).await?;
         }
-        self.versions
-            .insert_many(commits.iter().map(VersionDoc::from_commit))
-            .session(&mut session)
-            .await?;
+        if !commits.is_empty() {
+            self.versions
+                .insert_many(commits.iter().map(VersionDoc::from_commit))
+                .session(&mut session)
+                .await?;
+        }
+        for record in records {
+            let doc = RecordDoc::from_record(record.clone());
+            self.records
+                .replace_one(doc! {"_id": &doc.id}, &doc)
+                .upsert(true)
+                .session(&mut session)
+                .await?;
+        }
         // The server may have committed before the answer was lost: the commit itself is
         // what is retried then (retrying the writes could make a second version).
         let mut attempts = 0;
@@ -435,18 +449,22 @@ const TRANSACTION_ATTEMPTS: usize = 3;
 #[async_trait]
 impl IndexStore for MongoIndex {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
-        self.commit_all(vec![commit]).await
+        self.commit_all(vec![commit], Vec::new()).await
     }
 
-    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), IndexError> {
-        if commits.is_empty() {
+    async fn commit_all(
+        &self,
+        commits: Vec<Commit>,
+        records: Vec<Record>,
+    ) -> Result<(), IndexError> {
+        if commits.is_empty() && records.is_empty() {
             return Ok(());
         }
         // A transaction the server aborted as transient (a dropped connection, an election)
         // wrote nothing, and is run again whole, as MongoDB's drivers' `withTransaction` does.
         let mut attempts = 1;
         let outcome = loop {
-            match self.commit_all_in_transaction(&commits).await {
+            match self.commit_all_in_transaction(&commits, &records).await {
                 Err(e)
                     if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
                         && attempts < TRANSACTION_ATTEMPTS =>
@@ -461,10 +479,14 @@ impl IndexStore for MongoIndex {
             Err(e) if is_conflict(&e) || e.get_custom::<StaleReplaces>().is_some() => {
                 // The current version of the one resource a single commit names; of a batch,
                 // the first's (the caller learns only that the batch lost).
-                let first = &commits[0].record;
-                let current = self
-                    .current_version(&first.resource_type, &first.id)
-                    .await?;
+                let current = match commits.first() {
+                    Some(first) => {
+                        let first = &first.record;
+                        self.current_version(&first.resource_type, &first.id)
+                            .await?
+                    }
+                    None => None,
+                };
                 Err(IndexError::Conflict { current })
             }
             Err(e) => Err(unavailable(e)),
