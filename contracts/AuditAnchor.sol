@@ -12,11 +12,11 @@ contract AuditAnchor {
     /// Who may change the anchorers.
     address public owner;
     /// The server accounts that may anchor.
-    mapping(address => bool) public anchorers;
+    mapping(address anchorer => bool) public anchorers;
     /// The first sequence number of each replica's next anchor.
-    mapping(bytes32 => uint64) public nextSeq;
+    mapping(bytes32 replica => uint64) public nextSeq;
     /// The block a root was anchored in; 0 if it never was.
-    mapping(bytes32 => uint256) public anchoredAt;
+    mapping(bytes32 root => uint256) public anchoredAt;
 
     event OwnerChanged(address indexed previous, address indexed next);
     event AnchorerChanged(address indexed anchorer, bool allowed);

@@ -301,12 +301,21 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     }
     let auth = Arc::new(auth_server(config, &stores).await?);
     let ledger = open_ledger(config, &stores.vault).await?;
-    let consent = open_consent(config, &stores, ledger).await?;
+    let consent = open_consent(config, &stores, ledger.clone()).await?;
     stores.repo.enforce_consent(consent);
     if config.audit {
         let source = crate::audit::Source {
             replica: replica_name(),
         };
+        let anchoring = crate::ledger::anchor::Anchoring::open(
+            ledger,
+            stores.index.clone(),
+            &source.replica,
+            config.anchor_interval,
+        )
+        .await
+        .map_err(|e| StartupError::Ledger(e.to_string()))?;
+        stores.repo.enable_anchoring(Arc::new(anchoring));
         let sink: Arc<dyn crate::audit::AuditSink> = stores.repo.clone();
         stores
             .repo
@@ -406,6 +415,9 @@ pub async fn serve(
                 async move { repo.mirror_grants(&grants).await }
             },
         )));
+    }
+    if let Some(anchoring) = state.repo.anchoring().cloned() {
+        tasks.push(tokio::spawn(anchoring.run(stopped.clone())));
     }
     let repo = state.repo.clone();
     tasks.push(tokio::spawn(periodic(

@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// `off` keeps no audit trail (for comparison benchmarks only).
     #[arg(long, env = "INTELLIHEALTH_AUDIT", value_parser = ["on", "off"])]
     pub audit: Option<String>,
+    /// Milliseconds between two anchors of the audit trail's Merkle root on chain.
+    #[arg(long, env = "INTELLIHEALTH_ANCHOR_INTERVAL_MS")]
+    pub anchor_interval_ms: Option<u64>,
     /// A directory of custom SearchParameter files (.json: a SearchParameter or a Bundle of
     /// them), searchable beside the official ones.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
@@ -131,6 +134,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     search_handling: Option<String>,
     audit: Option<String>,
+    anchor_interval_ms: Option<u64>,
     search_parameters: Option<PathBuf>,
     eth_rpc: Option<String>,
     eth_key_file: Option<PathBuf>,
@@ -224,6 +228,8 @@ pub struct Config {
     pub search_handling: crate::search::query::Strictness,
     /// Whether every interaction is recorded as an AuditEvent.
     pub audit: bool,
+    /// How often the audit trail's new events are anchored on chain.
+    pub anchor_interval: Duration,
     /// A directory of custom SearchParameter files.
     pub search_parameters: Option<PathBuf>,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
@@ -280,6 +286,8 @@ impl EthKeySource {
     }
 }
 
+/// The audit trail is anchored every 5 s by default.
+pub const DEFAULT_ANCHOR_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_CHAIN_ID: u64 = 31337;
 pub const DEFAULT_BLOCK_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_CONSENT_STALE_AFTER_SECS: u64 = 30;
@@ -438,6 +446,12 @@ impl Config {
                 Some("off") => false,
                 Some(other) => return Err(format!("audit must be on or off, not {other}")),
             },
+            anchor_interval: Duration::from_millis(
+                args.anchor_interval_ms
+                    .or(file.anchor_interval_ms)
+                    .unwrap_or(DEFAULT_ANCHOR_INTERVAL_MS)
+                    .max(100),
+            ),
             search_parameters: args.search_parameters.clone().or(file.search_parameters),
             admin_token: std::env::var("INTELLIHEALTH_ADMIN_TOKEN")
                 .ok()

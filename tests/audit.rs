@@ -52,9 +52,17 @@ async fn patients_events(api: &Api, patient: &str) -> Vec<Value> {
     )
 }
 
+/// Anchors every 300 ms, so a test waits a moment, not 5 s.
+fn fast_anchoring() -> Vec<(String, String)> {
+    vec![(
+        "INTELLIHEALTH_ANCHOR_INTERVAL_MS".to_owned(),
+        "300".to_owned(),
+    )]
+}
+
 async fn the_audit_trail_holds(profile: Profile) {
     let dir = tempfile::tempdir().unwrap();
-    let started = start(dir.path(), &profile, &[]).await;
+    let started = start(dir.path(), &profile, &fast_anchoring()).await;
     let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
     let (observation, _condition) = seed(&a.custodian).await;
 
@@ -172,19 +180,38 @@ async fn the_audit_trail_holds(profile: Profile) {
     ));
     let (complete, report) = verify_chain("p1", &changed);
     assert!(!complete && report.contains("does not follow"), "{report}");
+
+    // Each kind of event is anchored on chain, and its proof checks out there.
+    let rpc = match &profile {
+        Profile::Services { .. } => Some(common::services::eth_rpc()),
+        Profile::Embedded => None,
+    };
+    let search_event = mine
+        .iter()
+        .find(|e| subtype(e) == "search-type")
+        .expect("a search");
+    let create_event = mine
+        .iter()
+        .find(|e| subtype(e) == "create")
+        .expect("a create");
+    for event in [custodian_read, denied, search_event, create_event] {
+        proof_holds(&a.patient, event["id"].as_str().unwrap(), rpc.as_deref()).await;
+    }
 }
 
-/// Runs `conformance-tests/verify/audit_chain.py` on `events`: (complete, what it printed).
-fn verify_chain(patient: &str, events: &[Value]) -> (bool, String) {
+/// Runs the verifier written from the formats (`conformance-tests/verify/audit_verify.py`)
+/// with `args`, `input` on its stdin: (it passed, what it printed).
+fn run_verifier(args: &[&str], input: &Value) -> (bool, String) {
     use std::io::Write;
     let python = std::env::var("INTELLIHEALTH_PYTHON")
         .expect("INTELLIHEALTH_PYTHON: run scripts/test, which installs eth-account");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/conformance-tests/verify/audit_chain.py"
+        "/conformance-tests/verify/audit_verify.py"
     );
     let mut child = std::process::Command::new(python)
-        .args([script, patient])
+        .arg(script)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -194,7 +221,7 @@ fn verify_chain(patient: &str, events: &[Value]) -> (bool, String) {
         .stdin
         .take()
         .unwrap()
-        .write_all(serde_json::to_string(events).unwrap().as_bytes())
+        .write_all(input.to_string().as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
     let printed = format!(
@@ -203,6 +230,86 @@ fn verify_chain(patient: &str, events: &[Value]) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), printed)
+}
+
+fn verify_chain(patient: &str, events: &[Value]) -> (bool, String) {
+    run_verifier(&["chain", patient], &json!(events))
+}
+
+fn parameter<'a>(parameters: &'a Value, name: &str) -> Option<&'a str> {
+    parameters["parameter"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)?["valueString"]
+        .as_str()
+}
+
+/// `$verify` of the AuditEvent, once it is anchored (within 15 s).
+async fn anchored(api: &Api, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = api.get(&format!("AuditEvent/{id}/$verify")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if parameter(&reply.body, "status") == Some("anchored") {
+            return reply.body;
+        }
+        assert_eq!(parameter(&reply.body, "status"), Some("not anchored yet"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AuditEvent/{id} never anchored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The proof of AuditEvent `id` checks out, and fails for the event changed by one character:
+/// on a node, with the verifier written from the formats (the chain's own receipt); on the
+/// embedded ledger, folded here.
+async fn proof_holds(api: &Api, id: &str, rpc: Option<&str>) {
+    let parameters = anchored(api, id).await;
+    let event = api.get(&format!("AuditEvent/{id}/_history/1")).await.body;
+    let mut tampered = event.clone();
+    let desc = tampered["outcomeDesc"].as_str().unwrap().to_owned();
+    tampered["outcomeDesc"] = json!(desc.replacen("HTTP", "HTTp", 1));
+    match rpc {
+        Some(url) => {
+            let (ok, report) = run_verifier(
+                &["proof", url],
+                &json!({"event": event, "parameters": parameters}),
+            );
+            assert!(
+                ok && report.starts_with("anchored"),
+                "AuditEvent/{id}: {report}"
+            );
+            let (ok, report) = run_verifier(
+                &["proof", url],
+                &json!({"event": tampered, "parameters": parameters}),
+            );
+            assert!(!ok, "a tampered AuditEvent verified: {report}");
+        }
+        None => {
+            use alloy::primitives::B256;
+            use intellihealth::ledger::merkle::{fold, leaf};
+            let hex = |name: &str| {
+                parameter(&parameters, name)
+                    .unwrap()
+                    .parse::<B256>()
+                    .unwrap()
+            };
+            let proof: Vec<B256> = parameters["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["name"] == "proof")
+                .map(|p| p["valueString"].as_str().unwrap().parse().unwrap())
+                .collect();
+            let parse =
+                |v: &Value| intellihealth::fhir::json::parse(v.to_string().as_bytes()).unwrap();
+            assert_eq!(leaf(&parse(&event)), hex("leaf"));
+            assert_eq!(fold(hex("leaf"), &proof), hex("root"));
+            assert_ne!(fold(leaf(&parse(&tampered)), &proof), hex("root"));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,6 +33,28 @@ pub const TRAIL: &str = "audit-trail";
 pub const HEAD: &str = "audit-head";
 pub const ROUND: &str = "audit-round";
 
+/// Where an AuditEvent is in its replica's trail: (replica, sequence number, the first
+/// sequence number of its round), from its `audit-sequence` extension.
+pub fn place_of(event: &Value) -> Option<(String, u64, u64)> {
+    let extension = event["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == SEQUENCE_URL)?;
+    let part = |name: &str| {
+        extension["extension"]
+            .as_array()?
+            .iter()
+            .find(|e| e["url"] == name)?["valueString"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    Some((
+        part("replica")?,
+        part("sequence")?.parse().ok()?,
+        part("round")?.parse().ok()?,
+    ))
+}
+
 pub fn pending_kind(replica: &str) -> String {
     format!("audit-pending/{replica}")
 }
@@ -150,6 +172,7 @@ impl Trail {
             let mut extensions = vec![json!({"url": SEQUENCE_URL, "extension": [
                 {"url": "replica", "valueString": self.replica},
                 {"url": "sequence", "valueString": seq.to_string()},
+                {"url": "round", "valueString": first.to_string()},
             ]})];
             let mut links = Vec::new();
             for patient in &patients {

@@ -239,6 +239,11 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
             "https://intellihealth.dev/fhir/OperationDefinition/Consent-prepare",
             "The EIP-712 typed data of the grant a draft Consent describes (or of the revocation of a grant's Consent with status inactive); POST the Consent with the signature in the eip712-signature extension to grant, PUT it to revoke",
         )],
+        "AuditEvent" => vec![operation(
+            "verify",
+            "https://intellihealth.dev/fhir/OperationDefinition/AuditEvent-verify",
+            "Where the AuditEvent is anchored on chain: its leaf (keccak256 of its RFC 8785 form), the Merkle proof (sorted pairs), the root, the anchoring transaction and block, and the AuditAnchor contract's address; or 'not anchored yet' with the expected time",
+        )],
         _ => Vec::new(),
     };
     if !operations.is_empty()

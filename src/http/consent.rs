@@ -27,7 +27,7 @@ fn parameters(values: Vec<(&str, String)>) -> Json {
     ])
 }
 
-fn answer(negotiated: Negotiated, body: &Json) -> Response {
+pub(super) fn answer(negotiated: Negotiated, body: &Json) -> Response {
     let mut response = (StatusCode::OK, negotiated.render(body)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -96,6 +96,7 @@ pub fn router(state: HttpState) -> Router {
             ),
         )
         .route("/{type}/{id}/_history", only(get(history::instance), "GET"))
+        .route("/{type}/{id}/$verify", only(get(audit::verify), "GET"))
         .route(
             "/{type}/{id}/$everything",
             only(get(search::everything), "GET"),

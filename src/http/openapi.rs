@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use super::{consent, crud, history, metadata, oauth, reindex, search, telemetry};
+use super::{audit, consent, crud, history, metadata, oauth, reindex, search, telemetry};
 
 /// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
 #[derive(Serialize, ToSchema)]
@@ -134,6 +134,7 @@ pub enum BodyErrors {
         consent::prepare_binding,
         consent::bind_wallet,
         consent::prepare,
+        audit::verify,
         reindex::start,
         reindex::status,
         oauth::smart_config,

@@ -16,6 +16,24 @@ sol!(
     "contracts/out/ConsentRegistry.json"
 );
 
+sol!(
+    #[derive(Debug)]
+    AuditAnchor,
+    "contracts/out/AuditAnchor.json"
+);
+
+/// The anchor contract's deployment code: `anchorer` (the server's account) may anchor.
+pub fn audit_anchor_init_code(anchorer: Address) -> Bytes {
+    let mut code = AuditAnchor::BYTECODE.to_vec();
+    code.extend(
+        AuditAnchor::constructorCall {
+            firstAnchorer: anchorer,
+        }
+        .abi_encode(),
+    );
+    code.into()
+}
+
 /// What patients sign. Field names and order are the contract's.
 pub mod typed {
     alloy::sol! {
@@ -78,8 +96,10 @@ pub fn consent_registry_init_code(registrar: Address) -> Bytes {
     code.into()
 }
 
-/// The name of the registry's custom error `data` encodes, if it is one.
+/// The name of the custom error `data` encodes (the registry's or the anchor's), if it is one.
 pub fn error_name(data: &[u8]) -> Option<String> {
     let selector: [u8; 4] = data.get(..4)?.try_into().ok()?;
-    ConsentRegistry::ConsentRegistryErrors::name_by_selector(selector).map(str::to_owned)
+    ConsentRegistry::ConsentRegistryErrors::name_by_selector(selector)
+        .or_else(|| AuditAnchor::AuditAnchorErrors::name_by_selector(selector))
+        .map(str::to_owned)
 }

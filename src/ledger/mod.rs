@@ -14,6 +14,7 @@
 //!
 //! Owns: the chain's state as this server sees it. Must not know about FHIR or HTTP.
 
+pub mod anchor;
 pub mod bindings;
 pub mod consent;
 pub mod embedded;

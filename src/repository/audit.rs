@@ -10,11 +10,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::Repository;
-use crate::audit::trail::Records;
+use crate::audit::trail::{Records, place_of};
 use crate::audit::{AUDIT_KEY_OWNER, AuditError, AuditLog, AuditSink};
 use crate::fhir::instant::now_millis;
 use crate::fhir::resource::ResourceType;
 use crate::index::{Commit, Method, VersionRecord};
+use crate::ledger::anchor::{AnchorError, Anchoring, Inclusion};
 use crate::search::compartment::patient_compartment;
 use crate::vault::aad_for;
 
@@ -27,6 +28,58 @@ impl Repository {
     /// The audit trail in force, if any.
     pub fn audit(&self) -> Option<&AuditLog> {
         self.audit.get()
+    }
+
+    /// Puts anchoring of the audit trail in force (once).
+    pub fn enable_anchoring(&self, anchoring: Arc<Anchoring>) {
+        let _ = self.anchoring.set(anchoring);
+    }
+
+    pub fn anchoring(&self) -> Option<&Arc<Anchoring>> {
+        self.anchoring.get()
+    }
+
+    /// `GET AuditEvent/{id}/$verify`: the AuditEvent (read as `principal` may read it) and
+    /// where it is anchored, with its inclusion proof.
+    pub async fn verify_audit_event(
+        &self,
+        principal: &crate::auth::Principal,
+        id: &str,
+    ) -> Result<(serde_json::Value, Inclusion), super::RepoError> {
+        let version = self
+            .vread(principal, ResourceType::AUDIT_EVENT, id, 1)
+            .await?;
+        let content = version.content.unwrap_or_default();
+        let stored = crate::fhir::json::parse(&content)
+            .map_err(|e| super::RepoError::Integrity(format!("AuditEvent/{id}: {e}")))?;
+        let event: serde_json::Value = serde_json::from_slice(&content)
+            .map_err(|e| super::RepoError::Integrity(format!("AuditEvent/{id}: {e}")))?;
+        let (replica, seq, round) = place_of(&event).ok_or_else(|| {
+            super::RepoError::Integrity(format!("AuditEvent/{id} has no place in a trail"))
+        })?;
+        let anchoring = self
+            .anchoring
+            .get()
+            .ok_or_else(|| super::RepoError::Unavailable {
+                component: "ledger",
+                detail: "the audit trail is not anchored on this server (--audit off)".into(),
+            })?;
+        let leaf = crate::ledger::merkle::leaf(&stored);
+        let inclusion = anchoring.inclusion(&replica, seq, round, leaf).await?;
+        Ok((event, inclusion))
+    }
+}
+
+impl From<AnchorError> for super::RepoError {
+    fn from(e: AnchorError) -> Self {
+        match e {
+            AnchorError::Corrupt(detail) => super::RepoError::Integrity(detail),
+            AnchorError::Index(index) => super::RepoError::from(index),
+            AnchorError::Ledger(ledger) => super::RepoError::Unavailable {
+                component: "ledger",
+                detail: ledger.to_string(),
+            },
+        }
     }
 }
 

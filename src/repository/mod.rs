@@ -60,6 +60,8 @@ pub struct Repository {
     /// The audit trail every interaction is recorded in. Set once at start by `app::build`;
     /// unset for the CLI's offline commands.
     audit: std::sync::OnceLock<crate::audit::AuditLog>,
+    /// Where the audit trail is anchored on chain (set with the audit trail).
+    anchoring: std::sync::OnceLock<Arc<crate::ledger::anchor::Anchoring>>,
 }
 
 /// The default bound on one search's time: past it the client is told to narrow the search.
@@ -107,6 +109,7 @@ impl Repository {
             search_time_limit: SEARCH_TIME_LIMIT,
             consent: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
+            anchoring: std::sync::OnceLock::new(),
         }
     }
 

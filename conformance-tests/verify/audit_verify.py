@@ -1,19 +1,29 @@
-"""Checks a patient's AuditEvents from an IntelliHealth server, knowing only the formats the
-server documents (ARCHITECTURE.md, "Formats others must trust") and the specifications they
-cite; none of the server's code. Written from RFC 8785 (JSON Canonicalization Scheme) and
-the Keccak-256 of Ethereum (pycryptodome's, through eth-hash).
+"""Checks AuditEvents from an IntelliHealth server, knowing only the formats the server
+documents (ARCHITECTURE.md, "Formats others must trust") and the specifications they cite;
+none of the server's code. Written from RFC 8785 (JSON Canonicalization Scheme), the
+Keccak-256 of Ethereum (pycryptodome's, through eth-hash) and Ethereum's JSON-RPC.
 
-    python audit_chain.py PATIENT_ID < events.json
+    python audit_verify.py chain PATIENT_ID < events.json
+    python audit_verify.py proof RPC_URL < checked.json
 
-`events.json` is a JSON array of the patient's AuditEvents exactly as the server returned them
-(any order). For each replica, the events' links in the patient's chain must run 0, 1, 2, ...
-with no index missing or repeated, and each link must name the leaf — keccak256 of the JCS
-form — of the event before it. Prints one line per replica and exits 1 on the first break.
+`chain`: `events.json` is a JSON array of the patient's AuditEvents exactly as the server
+returned them (any order). For each replica, the events' links in the patient's chain must run
+0, 1, 2, ... with no index missing or repeated, and each link must name the leaf — keccak256
+of the JCS form — of the event before it.
+
+`proof`: `checked.json` is {"event": the AuditEvent as GET .../_history/1 returned it,
+"parameters": what $verify returned}. The leaf is recomputed from the event, folded up the
+proof with sorted pairs to the root, and the root must be in an `Anchored` event emitted by
+the named contract in the named transaction, mined in the named block, on the chain at
+RPC_URL.
+
+Prints what it found; exits 1 on the first failure.
 """
 
 import decimal
 import json
 import sys
+import urllib.request
 
 from eth_hash.auto import keccak
 
@@ -104,17 +114,60 @@ def links(event, patient):
     return replica, found[0], found[1]
 
 
-def main():
-    patient = sys.argv[1]
+def pair(a, b):
+    return keccak(min(a, b) + max(a, b))
+
+
+def rpc(url, method, params):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.load(reply)["result"]
+
+
+def fail(why):
+    print(why)
+    sys.exit(1)
+
+
+def proof(url):
+    checked = json.load(sys.stdin)
+    parameters = {}
+    for p in checked["parameters"]["parameter"]:
+        parameters.setdefault(p["name"], []).append(p.get("valueString"))
+    one = lambda name: parameters[name][0]
+    node = bytes.fromhex(leaf(checked["event"])[2:])
+    if "0x" + node.hex() != one("leaf").lower():
+        fail(f"the event's leaf is 0x{node.hex()}, not the {one('leaf')} the server proves")
+    for sibling in parameters.get("proof", []):
+        node = pair(node, bytes.fromhex(sibling[2:]))
+    root = "0x" + node.hex()
+    if root != one("root").lower():
+        fail(f"the proof folds to {root}, not the root {one('root')}")
+    receipt = rpc(url, "eth_getTransactionReceipt", [one("txHash")])
+    if not receipt or receipt["status"] != "0x1":
+        fail(f"transaction {one('txHash')} is not a successful one on this chain")
+    if int(receipt["blockNumber"], 16) != int(one("blockNumber")):
+        fail(f"transaction {one('txHash')} is in block {int(receipt['blockNumber'], 16)}")
+    topic = "0x" + keccak(b"Anchored(bytes32,bytes32,uint64,uint64,address)").hex()
+    for log in receipt["logs"]:
+        if (log["address"].lower() == one("address").lower() and log["topics"][0] == topic
+                and log["topics"][2].lower() == root):
+            print(f"anchored: root {root} in block {int(receipt['blockNumber'], 16)}")
+            return
+    fail(f"no Anchored event of root {root} from {one('address')} in {one('txHash')}")
+
+
+def chain(patient):
     events = json.load(sys.stdin)
     chains = {}
     for event in events:
         replica, index, previous = links(event, patient)
         chains.setdefault(replica, []).append((index, previous, leaf(event), event.get("id")))
-    for replica, chain in sorted(chains.items()):
-        chain.sort()
+    for replica, links_of in sorted(chains.items()):
+        links_of.sort()
         expected_previous = "0x" + "00" * 32
-        for position, (index, previous, own, event_id) in enumerate(chain):
+        for position, (index, previous, own, event_id) in enumerate(links_of):
             if index != position:
                 print(f"{replica}: link {position} is missing (next is {index}, AuditEvent/{event_id})")
                 sys.exit(1)
@@ -122,7 +175,12 @@ def main():
                 print(f"{replica}: AuditEvent/{event_id} (link {index}) does not follow the event before it")
                 sys.exit(1)
             expected_previous = own
-        print(f"{replica}: {len(chain)} links, complete, head {expected_previous}")
+        print(f"{replica}: {len(links_of)} links, complete, head {expected_previous}")
 
 
-main()
+if sys.argv[1] == "chain":
+    chain(sys.argv[2])
+elif sys.argv[1] == "proof":
+    proof(sys.argv[2])
+else:
+    fail("usage: audit_verify.py chain PATIENT_ID | proof RPC_URL")
