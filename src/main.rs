@@ -1,5 +1,6 @@
 //! The `intellihealth` command line. Parses arguments and hands over to `app`; nothing else.
 
+mod audit_cli;
 mod consent_cli;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,9 @@ enum Command {
     /// (signed with the patient's key file; no browser needed).
     #[command(subcommand)]
     Consent(consent_cli::ConsentCommand),
+    /// The audit trail: check an AuditEvent's anchor on chain.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -176,6 +180,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(command) => keys(command).await,
             Command::Reindex(args) => reindex(args).await,
             Command::Consent(command) => consent_cli::run(command).await,
+            Command::Audit(command) => audit_cli::run(command).await,
         }
     });
     match result {

@@ -286,6 +286,37 @@ async fn proof_holds(api: &Api, id: &str, rpc: Option<&str>) {
                 &json!({"event": tampered, "parameters": parameters}),
             );
             assert!(!ok, "a tampered AuditEvent verified: {report}");
+            // The server's own CLI agrees, asking only the chain.
+            let dir = tempfile::tempdir().unwrap();
+            let cli = |event: &Value| {
+                let (event_file, proof_file) =
+                    (dir.path().join("event.json"), dir.path().join("proof.json"));
+                std::fs::write(&event_file, event.to_string()).unwrap();
+                std::fs::write(&proof_file, parameters.to_string()).unwrap();
+                common::command(&[])
+                    .args(["audit", "verify", "--rpc", url, "--event"])
+                    .arg(&event_file)
+                    .arg("--proof")
+                    .arg(&proof_file)
+                    .output()
+                    .unwrap()
+            };
+            let verified = cli(&event);
+            assert!(
+                verified.status.success(),
+                "{}",
+                String::from_utf8_lossy(&verified.stderr)
+            );
+            let refused = cli(&tampered);
+            assert!(
+                !refused.status.success(),
+                "the CLI verified a tampered event"
+            );
+            assert!(
+                String::from_utf8_lossy(&refused.stderr).contains("not the one anchored"),
+                "{}",
+                String::from_utf8_lossy(&refused.stderr)
+            );
         }
         None => {
             use alloy::primitives::B256;
