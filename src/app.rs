@@ -305,7 +305,7 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     stores.repo.enforce_consent(consent);
     if config.audit {
         let source = crate::audit::Source {
-            replica: replica_name(),
+            replica: config.replica.clone().unwrap_or_else(replica_name),
         };
         let anchoring = crate::ledger::anchor::Anchoring::open(
             ledger,

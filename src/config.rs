@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Milliseconds between two anchors of the audit trail's Merkle root on chain.
     #[arg(long, env = "INTELLIHEALTH_ANCHOR_INTERVAL_MS")]
     pub anchor_interval_ms: Option<u64>,
+    /// This server's name among replicas sharing one store: its audit trail is numbered and
+    /// anchored under it, so it must stay the same across restarts (default: the host name).
+    #[arg(long, env = "INTELLIHEALTH_REPLICA")]
+    pub replica: Option<String>,
     /// A directory of custom SearchParameter files (.json: a SearchParameter or a Bundle of
     /// them), searchable beside the official ones.
     #[arg(long, env = "INTELLIHEALTH_SEARCH_PARAMETERS")]
@@ -135,6 +139,7 @@ struct FileConfig {
     search_handling: Option<String>,
     audit: Option<String>,
     anchor_interval_ms: Option<u64>,
+    replica: Option<String>,
     search_parameters: Option<PathBuf>,
     eth_rpc: Option<String>,
     eth_key_file: Option<PathBuf>,
@@ -230,6 +235,8 @@ pub struct Config {
     pub audit: bool,
     /// How often the audit trail's new events are anchored on chain.
     pub anchor_interval: Duration,
+    /// This replica's name (`None`: from the host name).
+    pub replica: Option<String>,
     /// A directory of custom SearchParameter files.
     pub search_parameters: Option<PathBuf>,
     /// The bearer secret of dynamic client registration (`INTELLIHEALTH_ADMIN_TOKEN`, from the
@@ -445,6 +452,14 @@ impl Config {
                 None | Some("on") => true,
                 Some("off") => false,
                 Some(other) => return Err(format!("audit must be on or off, not {other}")),
+            },
+            replica: match args.replica.clone().or(file.replica) {
+                Some(name) if name.is_empty() || name.contains('|') => {
+                    return Err(format!(
+                        "replica must be a non-empty name without '|', not {name:?}"
+                    ));
+                }
+                other => other,
             },
             anchor_interval: Duration::from_millis(
                 args.anchor_interval_ms

@@ -210,6 +210,27 @@ async fn prepare_and_sign(
     sign(&typed_data_of(&prepared)?, key)
 }
 
+/// Has `$prepare` say what `consent` means, signs that, and sends `consent` with the
+/// signature as `method` to `path` (a grant is POSTed, a revocation PUT).
+async fn sign_and_send(
+    api: &Api,
+    key: &PrivateKeySigner,
+    consent: Value,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<Value, String> {
+    let signature = prepare_and_sign(
+        api,
+        key,
+        reqwest::Method::POST,
+        "Consent/$prepare",
+        Some(consent.clone()),
+    )
+    .await?;
+    api.send(method, path, Some(with_signature(consent, signature)))
+        .await
+}
+
 fn with_signature(mut consent: Value, signature: String) -> Value {
     consent["extension"] = json!([{
         "url": "https://intellihealth.dev/fhir/StructureDefinition/eip712-signature",
@@ -302,21 +323,8 @@ pub async fn run(command: ConsentCommand) -> Result<(), String> {
                 "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
                 "provision": provision,
             });
-            let signature = prepare_and_sign(
-                &api,
-                &key,
-                reqwest::Method::POST,
-                "Consent/$prepare",
-                Some(draft.clone()),
-            )
-            .await?;
-            let granted = api
-                .send(
-                    reqwest::Method::POST,
-                    "Consent",
-                    Some(with_signature(draft, signature)),
-                )
-                .await?;
+            let granted =
+                sign_and_send(&api, &key, draft, reqwest::Method::POST, "Consent").await?;
             println!(
                 "granted: Consent/{}",
                 granted["id"].as_str().unwrap_or_default()
@@ -336,20 +344,7 @@ pub async fn run(command: ConsentCommand) -> Result<(), String> {
                 object.remove("meta");
             }
             current["status"] = json!("inactive");
-            let signature = prepare_and_sign(
-                &api,
-                &key,
-                reqwest::Method::POST,
-                "Consent/$prepare",
-                Some(current.clone()),
-            )
-            .await?;
-            api.send(
-                reqwest::Method::PUT,
-                &path,
-                Some(with_signature(current, signature)),
-            )
-            .await?;
+            sign_and_send(&api, &key, current, reqwest::Method::PUT, &path).await?;
             println!("revoked: {path}");
             Ok(())
         }

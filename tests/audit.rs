@@ -202,28 +202,11 @@ async fn the_audit_trail_holds(profile: Profile) {
 /// Runs the verifier written from the formats (`conformance-tests/verify/audit_verify.py`)
 /// with `args`, `input` on its stdin: (it passed, what it printed).
 fn run_verifier(args: &[&str], input: &Value) -> (bool, String) {
-    use std::io::Write;
-    let python = std::env::var("INTELLIHEALTH_PYTHON")
-        .expect("INTELLIHEALTH_PYTHON: run scripts/test, which installs eth-account");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/conformance-tests/verify/audit_verify.py"
     );
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = common::python(&[&[script], args].concat(), &input.to_string());
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -31,23 +31,7 @@ print("0x" + bytes(signed.signature).hex())
 
 /// eth-account's signature of `typed_data` (the JSON the server gave) with `key`.
 fn sign_with_eth_account(typed_data: &str, key: &str) -> String {
-    use std::io::Write;
-    let python = std::env::var("INTELLIHEALTH_PYTHON")
-        .expect("INTELLIHEALTH_PYTHON: run scripts/test, which installs eth-account");
-    let mut child = Command::new(python)
-        .args(["-c", SIGN, key])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(typed_data.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = common::python(&["-c", SIGN, key], typed_data);
     assert!(
         output.status.success(),
         "eth-account: {}",

@@ -535,3 +535,25 @@ pub fn smart_fixtures(
         issuer: Some(issuer),
     }
 }
+
+/// Runs the tests' Python (`INTELLIHEALTH_PYTHON`: scripts/python-clients, with eth-account)
+/// with `args`, `input` on its stdin.
+pub fn python(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let python = std::env::var("INTELLIHEALTH_PYTHON")
+        .expect("INTELLIHEALTH_PYTHON: run scripts/test, which installs eth-account");
+    let mut child = Command::new(python)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
