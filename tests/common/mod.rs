@@ -379,6 +379,13 @@ pub async fn conformance_suite_passes(profile: Profile) {
     let limit = CONFORMANCE_BODY_LIMIT.to_string();
     // Trusting an issuer requires a fixed base URL (the audience of its tokens).
     let (listen, base_url) = fixed_address();
+    // On the services profile the audit trail is off here: every audited request costs a round
+    // (an IPFS add and a MongoDB transaction) that SecantusDB makes ~0.2 s, which would double
+    // this run's half hour; tests/audit.rs runs the trail on the services profile.
+    let audit = match profile {
+        Profile::Embedded => "on",
+        Profile::Services { .. } => "off",
+    };
     let args = [
         "--max-body-bytes",
         &limit,
@@ -386,6 +393,8 @@ pub async fn conformance_suite_passes(profile: Profile) {
         &listen,
         "--base-url",
         &base_url,
+        "--audit",
+        audit,
     ];
     let server = Spawned::with_env(dir.path(), &args, &profile, None, &env)
         .with_credentials(credentials)
