@@ -43,7 +43,7 @@ enum Command {
     #[command(
         after_help = "Also read from the environment:\n  INTELLIHEALTH_MASTER_KEY       the master key itself (64 hex digits or base64 of 32 bytes); never a flag\n  INTELLIHEALTH_ETH_KEY_FILE     a file holding the rpc ledger's account key (hex)\n  INTELLIHEALTH_ETH_KEY          that key itself, instead of the file; never a flag"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Remove (unpin) blobs no index row references, once unreferenced for the grace period.
     Sweep(SweepArgs),
     /// Manage users (patients and practitioners who sign in).
@@ -173,7 +173,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Sweep(args) => sweep(args).await,
             Command::Users(command) => users(command).await,
             Command::Clients(command) => clients(command).await,

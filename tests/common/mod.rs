@@ -380,8 +380,8 @@ pub async fn conformance_suite_passes(profile: Profile) {
     // Trusting an issuer requires a fixed base URL (the audience of its tokens).
     let (listen, base_url) = fixed_address();
     // On the services profile the audit trail is off here: every audited request costs a round
-    // (an IPFS add and a MongoDB transaction) that SecantusDB makes ~0.2 s, which would double
-    // this run's half hour; tests/audit.rs runs the trail on the services profile.
+    // (an IPFS add and a MongoDB transaction) on top of its own, and on SecantusDB that took
+    // this run from 11 minutes to more than 30; tests/audit.rs runs the trail on that profile.
     let audit = match profile {
         Profile::Embedded => "on",
         Profile::Services { .. } => "off",
