@@ -16,6 +16,10 @@ use serde_json::json;
 
 const CREATES: usize = 2_000;
 const CONCURRENCY: usize = 16;
+/// The blobs are counted exactly against the resources' versions, so the audit trail (whose
+/// batch blobs every request adds to) is off here; its own `kill -9` test is in `audit.rs`.
+const SERVE_ARGS: &[&str] = &["--sweep-interval-secs", "0", "--audit", "off"];
+
 /// The server is killed once this many creates have been acknowledged.
 const KILL_AFTER: usize = 600;
 
@@ -25,7 +29,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn crash_and_recover(profile: Profile) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), &["--sweep-interval-secs", "0"], &profile);
+    let server = Server::start_with(dir.path(), SERVE_ARGS, &profile);
     let c = client(&server).await;
     let pid = server.pid();
     let acknowledged_count = Arc::new(AtomicUsize::new(0));
@@ -65,7 +69,7 @@ async fn crash_and_recover(profile: Profile) {
     assert!(acknowledged.len() < CREATES, "the kill interrupted the run");
 
     // Restart: everything acknowledged is there, byte for byte.
-    let server = Server::start_with(dir.path(), &["--sweep-interval-secs", "0"], &profile);
+    let server = Server::start_with(dir.path(), SERVE_ARGS, &profile);
     verify_acknowledged(&server, &results).await;
     let versions = every_version_readable(&server).await;
     assert!(
@@ -88,7 +92,7 @@ async fn crash_and_recover(profile: Profile) {
         blobs, versions,
         "after the sweep, exactly the referenced blobs remain ({swept})"
     );
-    let server = Server::start_with(dir.path(), &["--sweep-interval-secs", "0"], &profile);
+    let server = Server::start_with(dir.path(), SERVE_ARGS, &profile);
     verify_acknowledged(&server, &results).await;
     assert_eq!(every_version_readable(&server).await, versions);
     assert!(server.terminate().success());

@@ -30,6 +30,9 @@ pub struct ConsentBenchOptions {
     pub rounds: usize,
     pub concurrency: Vec<usize>,
     pub seconds: f64,
+    /// Reads whose AuditEvent is followed to its anchor (a server with the audit trail on);
+    /// 0: none.
+    pub anchor_probes: usize,
 }
 
 /// Latencies of one kind of consent change, in ms.
@@ -42,6 +45,16 @@ pub struct Change {
 pub struct ConsentReport {
     pub changes: Vec<Change>,
     pub reads: Vec<Phase>,
+    pub anchoring: Option<Anchoring>,
+}
+
+/// How the reads' AuditEvents reached the chain.
+pub struct Anchoring {
+    /// From a read's answer until its AuditEvent's `$verify` says anchored, in ms.
+    pub delays_ms: Vec<f64>,
+    /// Events in the anchor of the last read of the busiest read phase, and how many events
+    /// per second that anchor's interval stands for.
+    pub busiest_anchor_count: u64,
 }
 
 const SIGN: &str = r#"
@@ -247,13 +260,71 @@ pub async fn run(options: &ConsentBenchOptions) -> Result<ConsentReport, String>
     }
     let observations = Arc::new(observations);
     let mut reads = Vec::new();
+    let mut busiest_anchor_count = 0;
     for &concurrency in &options.concurrency {
         reads.push(read_phase(&reader, &observations, concurrency, options.seconds).await);
+        if options.anchor_probes > 0 {
+            // The phase's last events: their anchor holds what one interval took at this load.
+            let (_, count) = anchor_of_next_read(&custodian, &reader, &probe).await?;
+            busiest_anchor_count = busiest_anchor_count.max(count);
+        }
+    }
+    let mut delays_ms = Vec::new();
+    for _ in 0..options.anchor_probes {
+        delays_ms.push(anchor_of_next_read(&custodian, &reader, &probe).await?.0);
     }
     Ok(ConsentReport {
         changes: vec![grant, revoke],
         reads,
+        anchoring: (options.anchor_probes > 0).then_some(Anchoring {
+            delays_ms,
+            busiest_anchor_count,
+        }),
     })
+}
+
+/// Reads `path` as the reader, finds that read's AuditEvent (as the custodian) and asks its
+/// `$verify` until it is anchored: the time from the read's answer, and the anchor's count.
+async fn anchor_of_next_read(
+    custodian: &Client,
+    reader: &Client,
+    path: &str,
+) -> Result<(f64, u64), String> {
+    let read = reader.get(path).send().await;
+    let answered = Instant::now();
+    if read.status.as_u16() != 200 {
+        return Err(format!("the probe read: {}", read.summary()));
+    }
+    let found = custodian
+        .get(&format!("AuditEvent?entity={path}&_sort=-date&_count=1"))
+        .send()
+        .await;
+    let id = found
+        .json()
+        .and_then(|b| b["entry"][0]["resource"]["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| format!("the probe's AuditEvent: {}", found.summary()))?;
+    let deadline = answered + Duration::from_secs(60);
+    loop {
+        let verified = custodian
+            .get(&format!("AuditEvent/{id}/$verify"))
+            .send()
+            .await;
+        let parameters = verified.json().unwrap_or_default();
+        let value = |name: &str| {
+            parameters["parameter"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .and_then(|p| p["valueString"].as_str().map(str::to_owned))
+        };
+        if value("status").as_deref() == Some("anchored") {
+            let count = value("count").and_then(|c| c.parse().ok()).unwrap_or(0);
+            return Ok((answered.elapsed().as_secs_f64() * 1000.0, count));
+        }
+        if !verified.status.is_success() || Instant::now() > deadline {
+            return Err(format!("AuditEvent/{id}/$verify: {}", verified.summary()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn read_phase(
@@ -311,5 +382,15 @@ pub fn table(report: &ConsentReport) -> String {
         out.push('\n');
     }
     out.push_str(&crate::bench::table(&report.reads));
+    if let Some(anchoring) = &report.anchoring {
+        out.push_str(&format!(
+            "\nFrom a read's answer to its AuditEvent anchored ({} reads): p50 {:.0} ms, max \
+             {:.0} ms. The largest anchor after a read phase held {} events (one transaction).\n",
+            anchoring.delays_ms.len(),
+            median(&anchoring.delays_ms),
+            max(&anchoring.delays_ms),
+            anchoring.busiest_anchor_count,
+        ));
+    }
     out
 }

@@ -52,6 +52,9 @@ struct ConsentBenchArgs {
     concurrency: Vec<usize>,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Reads whose AuditEvent is followed until anchored (the server's audit trail must be on).
+    #[arg(long, default_value_t = 0)]
+    anchor_probes: usize,
 }
 
 #[derive(Args)]
@@ -167,6 +170,7 @@ async fn consent_bench_command(args: ConsentBenchArgs) -> ExitCode {
         rounds: args.rounds,
         concurrency: args.concurrency,
         seconds: args.seconds,
+        anchor_probes: args.anchor_probes,
     };
     match conformance_tests::consent_bench::run(&options).await {
         Ok(report) => {

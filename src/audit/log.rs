@@ -1,62 +1,115 @@
-//! The durable queue of AuditEvents. Requests hand their finished interaction to one writer
-//! task and wait; the writer takes everything waiting (group commit), makes one AuditEvent of
-//! each, has the sink store the whole round at once (one sealed batch blob, one index commit),
-//! and only then answers every request of the round. A request is answered only after its
-//! AuditEvent is durable; if the round cannot be stored, every request in it fails with 503.
+//! The durable queue of AuditEvents. A request builds its own AuditEvent (in its own task, so
+//! that work is spread over every core) and hands it to the log; it is answered only once the
+//! AuditEvent is durable, and if the round it was stored in failed, with a 503.
+//!
+//! The log is a pipeline of rounds (group commit), so a round's disk waits overlap the next
+//! round's work instead of adding to it:
+//!
+//! 1. the *orderer* takes everything waiting, numbers and links it in the trail (cheap and
+//!    serial: each patient's link names the leaf of their previous event) and starts…
+//! 2. …the round's *storing* (search entries, sealing, one batch blob: CPU-heavy, spread over
+//!    the blocking pool by the sink), while it goes on to order the next round;
+//! 3. the *committer* commits the stored rounds strictly in order, one index commit each with
+//!    the trail's records, and answers their requests.
+//!
+//! The orderer advances its trail before the round is durable. If a round fails, every later
+//! round already ordered after it is failed too (never committed: it was numbered after the
+//! missing one), and the orderer starts again from the trail as the store holds it. A failure
+//! is the only way that rounds are thrown away, so no sequence number is ever skipped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::trail::{Records, Trail};
 use super::{AuditError, Interaction, Source, event};
 use crate::fhir::instant::now_millis;
+use crate::fhir::json::Json;
+use crate::index::{Commit, Record};
 
-/// Where a round of AuditEvents goes: the repository, which seals them into one batch and
-/// commits them, with the trail's records, in one index transaction.
+/// Where rounds of AuditEvents go: the repository, which seals each round into one batch and
+/// commits it, with the trail's records, in one index transaction.
 #[async_trait]
 pub trait AuditSink: Records {
-    /// Stores `events` (AuditEvents as they will be served) and `records` durably, all or none.
-    async fn persist(
-        &self,
-        events: Vec<serde_json::Value>,
-        records: Vec<crate::index::Record>,
-    ) -> Result<(), AuditError>;
+    /// Seals `events` (AuditEvents exactly as they will be served) into one batch blob and
+    /// stores it; returns the index commits that point at it. Runs while earlier rounds are
+    /// still being committed.
+    async fn store(&self, events: Vec<Json>) -> Result<Vec<Commit>, AuditError>;
+
+    /// Commits a stored round and `records` durably, all or none. Called in round order.
+    async fn commit(&self, commits: Vec<Commit>, records: Vec<Record>) -> Result<(), AuditError>;
 }
 
 /// Most AuditEvents in one round: bounds one batch blob (about 2 KB an event) and the time a
 /// round holds the writer.
 const MAX_ROUND: usize = 2048;
 
-/// Requests waiting for the writer; past it, callers wait to enqueue (back-pressure).
+/// Requests waiting for the orderer; past it, callers wait to enqueue (back-pressure).
 const QUEUE: usize = 8192;
 
+/// Rounds ordered and not yet committed, besides the one being committed: enough to overlap
+/// one round's storing with another's commit; more would only lengthen every request's wait.
+const IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
 struct Waiting {
-    interaction: Interaction,
-    done: oneshot::Sender<Result<(), String>>,
+    /// The AuditEvent as the request made it (no place in the trail yet).
+    draft: Value,
+    patients: Vec<String>,
+    done: Reply,
+}
+
+/// A round on its way to the committer.
+struct Ordered {
+    /// The failure count the round was ordered under: it may be committed only if no round
+    /// has failed since.
+    epoch: u64,
+    stored: tokio::task::JoinHandle<Result<Vec<Commit>, AuditError>>,
+    records: Vec<Record>,
+    replies: Vec<Reply>,
 }
 
 /// The handle requests record through; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Waiting>,
+    source: Arc<Source>,
 }
 
 impl AuditLog {
-    /// Starts the writer task (it runs as long as some handle does).
+    /// Starts the orderer and the committer (they run as long as some handle does).
     pub fn start(sink: Arc<dyn AuditSink>, source: Source) -> AuditLog {
         let (queue, inbox) = mpsc::channel(QUEUE);
-        tokio::spawn(write_rounds(sink, source, inbox));
-        AuditLog { queue }
+        let (ordered, to_commit) = mpsc::channel(IN_FLIGHT);
+        let failures = Arc::new(AtomicU64::new(0));
+        let source = Arc::new(source);
+        tokio::spawn(order_rounds(
+            sink.clone(),
+            source.replica.clone(),
+            inbox,
+            ordered,
+            failures.clone(),
+        ));
+        tokio::spawn(commit_rounds(sink, to_commit, failures));
+        AuditLog { queue, source }
     }
 
     /// Records `interaction`; returns once its AuditEvent is durable.
     pub async fn record(&self, interaction: Interaction) -> Result<(), AuditError> {
+        let id = crate::fhir::resource::new_time_ordered_id();
+        let waiting = |done| Waiting {
+            draft: event(&interaction, &id, now_millis(), &self.source),
+            patients: interaction.patients(),
+            done,
+        };
         let (done, stored) = oneshot::channel();
         let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
         self.queue
-            .send(Waiting { interaction, done })
+            .send(waiting(done))
             .await
             .map_err(|_| stopped())?;
         stored
@@ -66,50 +119,91 @@ impl AuditLog {
     }
 }
 
-async fn write_rounds(
+async fn order_rounds(
     sink: Arc<dyn AuditSink>,
-    source: Source,
+    replica: String,
     mut inbox: mpsc::Receiver<Waiting>,
+    ordered: mpsc::Sender<Ordered>,
+    failures: Arc<AtomicU64>,
 ) {
-    let mut trail: Option<Trail> = None;
-    let mut round = Vec::new();
-    while inbox.recv_many(&mut round, MAX_ROUND).await > 0 {
-        let outcome = store_round(sink.as_ref(), &source, &mut trail, &round)
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = &outcome {
-            tracing::error!(events = round.len(), "audit round not stored: {e}");
+    // The trail, and the failure count it was loaded under.
+    let mut trail: Option<(Trail, u64)> = None;
+    let mut waiting = Vec::new();
+    while inbox.recv_many(&mut waiting, MAX_ROUND).await > 0 {
+        let epoch = failures.load(Ordering::Acquire);
+        if trail.as_ref().is_some_and(|(_, loaded)| *loaded != epoch) {
+            // A round failed: what this trail assumed is not what the store holds.
+            trail = None;
         }
-        for waiting in round.drain(..) {
-            let _ = waiting.done.send(outcome.clone());
+        let mut replies = Vec::with_capacity(waiting.len());
+        let drafts = waiting
+            .drain(..)
+            .map(|w| {
+                replies.push(w.done);
+                (w.draft, w.patients)
+            })
+            .collect();
+        let trail = match &mut trail {
+            Some((trail, _)) => trail,
+            None => match Trail::load(sink.as_ref(), &replica).await {
+                Ok(loaded) => &mut trail.insert((loaded, epoch)).0,
+                Err(e) => {
+                    answer(replies, &Err(e.to_string()));
+                    continue;
+                }
+            },
+        };
+        let prepared = match trail.prepare(sink.as_ref(), drafts, now_millis()).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                answer(replies, &Err(e.to_string()));
+                continue;
+            }
+        };
+        trail.committed(prepared.advance);
+        let storing = sink.clone();
+        let events = prepared.events;
+        let round = Ordered {
+            epoch,
+            stored: tokio::spawn(async move { storing.store(events).await }),
+            records: prepared.records,
+            replies,
+        };
+        if ordered.send(round).await.is_err() {
+            return;
         }
     }
 }
 
-/// Makes the round's AuditEvents and stores them; the trail moves on only if they are durable.
-async fn store_round(
-    sink: &dyn AuditSink,
-    source: &Source,
-    trail: &mut Option<Trail>,
-    round: &[Waiting],
-) -> Result<(), AuditError> {
-    let trail = match trail {
-        Some(trail) => trail,
-        None => trail.insert(Trail::load(sink, &source.replica).await?),
-    };
-    let recorded = now_millis();
-    let events = round
-        .iter()
-        .map(|w| {
-            let id = crate::fhir::resource::new_id();
-            (
-                event(&w.interaction, &id, recorded, source),
-                w.interaction.patients(),
-            )
-        })
-        .collect();
-    let prepared = trail.prepare(sink, events, recorded).await?;
-    sink.persist(prepared.events, prepared.records).await?;
-    trail.committed(prepared.advance);
-    Ok(())
+async fn commit_rounds(
+    sink: Arc<dyn AuditSink>,
+    mut rounds: mpsc::Receiver<Ordered>,
+    failures: Arc<AtomicU64>,
+) {
+    while let Some(round) = rounds.recv().await {
+        let events = round.replies.len();
+        let outcome = if round.epoch != failures.load(Ordering::Acquire) {
+            round.stored.abort();
+            Err("an earlier round of the audit trail could not be stored".to_owned())
+        } else {
+            let committed = match round.stored.await {
+                Ok(Ok(commits)) => sink.commit(commits, round.records).await,
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(AuditError::Unavailable(format!("storing a round: {e}"))),
+            };
+            committed.map_err(|e| {
+                tracing::error!(events, "audit round not stored: {e}");
+                // The rounds ordered after this one are numbered after it: fail them too.
+                failures.store(round.epoch + 1, Ordering::Release);
+                e.to_string()
+            })
+        };
+        answer(round.replies, &outcome);
+    }
+}
+
+fn answer(replies: Vec<Reply>, outcome: &Result<(), String>) {
+    for reply in replies {
+        let _ = reply.send(outcome.clone());
+    }
 }

@@ -98,7 +98,7 @@ pub struct Trail {
 /// A round made ready: the events in their final form (stamped, extended), and the records
 /// that must be committed with them.
 pub struct Prepared {
-    pub events: Vec<Value>,
+    pub events: Vec<crate::fhir::json::Json>,
     pub records: Vec<Record>,
     /// What the trail becomes once they are durable.
     pub advance: Advance,
@@ -201,7 +201,7 @@ impl Trail {
                 heads.push((patient, Head { index, leaf }));
             }
             leaves.push(leaf);
-            finished.push(serde_json::from_slice(&stored.to_bytes()).unwrap_or(Value::Null));
+            finished.push(stored);
         }
         let next = first + finished.len() as u64;
         let replica = &self.replica;

@@ -13,6 +13,7 @@ use super::Repository;
 use crate::audit::trail::{Records, place_of};
 use crate::audit::{AUDIT_KEY_OWNER, AuditError, AuditLog, AuditSink};
 use crate::fhir::instant::now_millis;
+use crate::fhir::json::Json;
 use crate::fhir::resource::ResourceType;
 use crate::index::{Commit, Method, VersionRecord};
 use crate::ledger::anchor::{AnchorError, Anchoring, Inclusion};
@@ -107,72 +108,122 @@ impl Records for Repository {
     }
 }
 
+/// An AuditEvent made ready for its round's batch: sealed, with what its index row needs.
+struct SealedEvent {
+    id: String,
+    envelope: Vec<u8>,
+    digest: String,
+    patients: Vec<String>,
+    searchable: crate::index::Searchable,
+}
+
+/// Events per piece of a round's storing work on the blocking pool: big enough that handing
+/// it over costs little, small enough that a round is spread over every core.
+const SEAL_CHUNK: usize = 64;
+
+fn seal_events(
+    registry: &crate::search::params::Registry,
+    sealer: &crate::vault::Sealer,
+    events: Vec<Json>,
+) -> Result<Vec<SealedEvent>, AuditError> {
+    let kind = ResourceType::AUDIT_EVENT;
+    events
+        .into_iter()
+        .map(|event| {
+            let id = event
+                .get("id")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let compartment = patient_compartment(kind.as_str(), &id, &event);
+            let searchable = super::searchable_now(registry, kind, &event, &compartment.patients);
+            // Already stamped as stored: the trail's leaf is of exactly these bytes.
+            let sealed = sealer
+                .seal(&aad_for(kind.as_str(), &id, 1), &event.to_bytes())
+                .map_err(|e| failed("sealing", e))?;
+            Ok(SealedEvent {
+                id,
+                envelope: sealed.envelope,
+                digest: sealed.digest,
+                patients: compartment.patients,
+                searchable,
+            })
+        })
+        .collect()
+}
+
 #[async_trait]
 impl AuditSink for Repository {
-    async fn persist(
-        &self,
-        events: Vec<serde_json::Value>,
-        records: Vec<crate::index::Record>,
-    ) -> Result<(), AuditError> {
+    async fn store(&self, events: Vec<Json>) -> Result<Vec<Commit>, AuditError> {
         let kind = ResourceType::AUDIT_EVENT;
-        let registry = self.registry();
         let last_updated = events
             .first()
-            .and_then(|e| e["meta"]["lastUpdated"].as_str())
-            .and_then(crate::fhir::instant::period)
+            .and_then(|e| {
+                e.get("meta")?
+                    .get("lastUpdated")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .and_then(|instant| crate::fhir::instant::period(&instant))
             .map(|(start, _)| start)
             .unwrap_or_else(now_millis);
-        let mut envelopes = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
-        for event in events {
-            let bytes = serde_json::to_vec(&event).map_err(|e| failed("encoding", e))?;
-            // Already stamped as stored (the trail's leaf is of exactly these bytes).
-            let resource = crate::fhir::json::parse(&bytes).map_err(|e| failed("encoding", e))?;
-            let id = event["id"].as_str().unwrap_or_default().to_owned();
-            let compartment = patient_compartment(kind.as_str(), &id, &resource);
-            let content = Arc::new(resource.to_bytes());
-            let searchable = super::searchable(
-                registry.clone(),
-                kind,
-                &resource,
-                content.len(),
-                &compartment.patients,
-            )
-            .await;
-            let sealed = self
-                .vault
-                .seal(AUDIT_KEY_OWNER, &aad_for(kind.as_str(), &id, 1), content)
-                .await
-                .map_err(|e| failed("sealing", e))?;
-            envelopes.push(sealed.envelope);
-            rows.push((id, sealed.digest, compartment.patients, searchable));
+        let sealer = self
+            .vault
+            .sealer(AUDIT_KEY_OWNER)
+            .await
+            .map_err(|e| failed("sealing", e))?;
+        let registry = self.registry();
+        let mut pieces = Vec::new();
+        let mut events = events.into_iter();
+        loop {
+            let chunk: Vec<Json> = events.by_ref().take(SEAL_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let (registry, sealer) = (registry.clone(), sealer.clone());
+            pieces.push(tokio::task::spawn_blocking(move || {
+                seal_events(&registry, &sealer, chunk)
+            }));
         }
+        let mut sealed = Vec::new();
+        for piece in pieces {
+            let piece = piece.await.map_err(|e| failed("sealing", e))??;
+            sealed.extend(piece);
+        }
+        let envelopes: Vec<&[u8]> = sealed.iter().map(|e| e.envelope.as_slice()).collect();
         let cid = self
             .blobs
             .put(crate::vault::batch::frame(&envelopes))
             .await
             .map_err(|e| failed("the blob store", e))?;
-        let commits = rows
+        Ok(sealed
             .into_iter()
             .enumerate()
-            .map(|(position, (id, digest, patients, searchable))| Commit {
+            .map(|(position, event)| Commit {
                 record: VersionRecord {
                     resource_type: kind.as_str().to_owned(),
-                    id,
+                    id: event.id,
                     version: 1,
                     last_updated,
                     superseded_at: None,
                     method: Method::Create,
                     cid: Some(cid.clone()),
-                    digest: Some(digest),
+                    digest: Some(event.digest),
                     key_owner: Some(AUDIT_KEY_OWNER.to_owned()),
-                    patients,
+                    patients: event.patients,
                     batch_entry: Some(position as u32),
                 },
                 replaces: None,
-                searchable,
+                searchable: event.searchable,
             })
-            .collect();
+            .collect())
+    }
+
+    async fn commit(
+        &self,
+        commits: Vec<Commit>,
+        records: Vec<crate::index::Record>,
+    ) -> Result<(), AuditError> {
         self.index
             .commit_all(commits, records)
             .await

@@ -210,20 +210,28 @@ async fn searchable(
     size: usize,
     patients: &[String],
 ) -> Searchable {
-    let patients = patients.to_vec();
-    let make = move |registry: &Registry, resource: &Json| {
-        let entries = extract(registry, resource_type.as_str(), resource);
-        Searchable {
-            keys: keys_of(&entries, &patients),
-            entries: crate::search::codec::encode(&entries),
-            registry: registry.fingerprint(),
-        }
-    };
     if size <= crate::cpu::INLINE_LIMIT {
-        return make(&registry, resource);
+        return searchable_now(&registry, resource_type, resource, patients);
     }
     let resource = resource.clone();
-    crate::cpu::blocking(move || make(&registry, &resource)).await
+    let patients = patients.to_vec();
+    crate::cpu::blocking(move || searchable_now(&registry, resource_type, &resource, &patients))
+        .await
+}
+
+/// What `searchable` makes, in place (for callers already off the async workers).
+fn searchable_now(
+    registry: &Registry,
+    resource_type: ResourceType,
+    resource: &Json,
+    patients: &[String],
+) -> Searchable {
+    let entries = extract(registry, resource_type.as_str(), resource);
+    Searchable {
+        keys: keys_of(&entries, patients),
+        entries: crate::search::codec::encode(&entries),
+        registry: registry.fingerprint(),
+    }
 }
 
 impl From<AuthError> for RepoError {

@@ -12,16 +12,16 @@ use super::VaultError;
 const MAGIC: &[u8; 4] = b"IHB1";
 
 /// Frames `envelopes` as one blob.
-pub fn frame(envelopes: &[Vec<u8>]) -> Vec<u8> {
-    let total: usize = envelopes.iter().map(Vec::len).sum();
+pub fn frame<E: AsRef<[u8]>>(envelopes: &[E]) -> Vec<u8> {
+    let total: usize = envelopes.iter().map(|e| e.as_ref().len()).sum();
     let mut blob = Vec::with_capacity(8 + 4 * envelopes.len() + total);
     blob.extend_from_slice(MAGIC);
     blob.extend_from_slice(&(envelopes.len() as u32).to_le_bytes());
     for envelope in envelopes {
-        blob.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&(envelope.as_ref().len() as u32).to_le_bytes());
     }
     for envelope in envelopes {
-        blob.extend_from_slice(envelope);
+        blob.extend_from_slice(envelope.as_ref());
     }
     blob
 }

@@ -75,6 +75,16 @@ pub struct Vault {
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
 }
 
+/// One owner's data key, ready to seal with (as `Vault::seal` does); wiped when dropped.
+#[derive(Clone)]
+pub struct Sealer(Arc<DataKey>);
+
+impl Sealer {
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Sealed, VaultError> {
+        seal_with(&self.0, aad, plaintext)
+    }
+}
+
 /// A sealed resource version, ready for the BlobStore, with the digest the index keeps.
 pub struct Sealed {
     pub envelope: Vec<u8>,
@@ -133,6 +143,12 @@ impl Vault {
         let key = self.data_key(owner, true).await?;
         let aad = aad.to_owned();
         crate::cpu::run(plaintext.len(), move || seal_with(&key, &aad, &plaintext)).await
+    }
+
+    /// `owner`'s data key (made on first use), for sealing many versions off the async
+    /// workers without a lookup each.
+    pub async fn sealer(&self, owner: &str) -> Result<Sealer, VaultError> {
+        Ok(Sealer(self.data_key(owner, true).await?))
     }
 
     /// Opens an envelope sealed by `seal` with the same owner and `aad`, and checks the content

@@ -195,25 +195,24 @@ pub(super) fn apply_commits(
     commits: &[Commit],
     sealed: &[SealedSearch],
 ) -> Result<(), IndexError> {
-    {
-        let current = txn.open_table(CURRENT).map_err(unavailable)?;
-        let mut seen = std::collections::HashSet::new();
-        for commit in commits {
-            let r = &commit.record;
-            let existing = current
-                .get((r.resource_type.as_str(), r.id.as_str()))
-                .map_err(unavailable)?
-                .map(|v| v.value());
-            let expected = existing == commit.replaces
-                && r.version == commit.replaces.unwrap_or(0) + 1
-                && seen.insert((r.resource_type.as_str(), r.id.as_str()));
-            if !expected {
-                return Err(IndexError::Conflict { current: existing });
-            }
+    let mut tables = Tables::open(txn)?;
+    let mut seen = std::collections::HashSet::new();
+    for commit in commits {
+        let r = &commit.record;
+        let existing = tables
+            .current
+            .get((r.resource_type.as_str(), r.id.as_str()))
+            .map_err(unavailable)?
+            .map(|v| v.value());
+        let expected = existing == commit.replaces
+            && r.version == commit.replaces.unwrap_or(0) + 1
+            && seen.insert((r.resource_type.as_str(), r.id.as_str()));
+        if !expected {
+            return Err(IndexError::Conflict { current: existing });
         }
     }
     for (commit, sealed) in commits.iter().zip(sealed) {
-        apply_commit(txn, commit, sealed)?;
+        tables.apply(commit, sealed)?;
     }
     Ok(())
 }
@@ -223,62 +222,96 @@ pub(super) fn apply_commit(
     commit: &Commit,
     sealed: &SealedSearch,
 ) -> Result<(), IndexError> {
-    let record = &commit.record;
-    let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
-    let mut current = txn.open_table(CURRENT).map_err(unavailable)?;
-    let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-    let existing = current
-        .get((rt, id))
-        .map_err(unavailable)?
-        .map(|v| v.value());
-    if existing != commit.replaces || record.version != commit.replaces.unwrap_or(0) + 1 {
-        return Err(IndexError::Conflict { current: existing });
-    }
-    if let Some(previous) = existing {
-        let bytes = versions
-            .get((rt, id, previous))
-            .map_err(unavailable)?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| IndexError::Corrupt(format!("{rt}/{id} lost version {previous}")))?;
-        let mut stored = decode(&bytes)?;
-        stored.record.superseded_at = Some(record.last_updated);
-        let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
-        versions
-            .insert((rt, id, previous), bytes.as_slice())
-            .map_err(unavailable)?;
-    }
-    let stored = StoredVersion {
-        record: record.clone(),
-    };
-    let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
-    versions
-        .insert((rt, id, record.version), bytes.as_slice())
-        .map_err(unavailable)?;
-    current
-        .insert((rt, id), record.version)
-        .map_err(unavailable)?;
-    let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
-    entries
-        .insert((rt, id, record.version), sealed.entries.as_slice())
-        .map_err(unavailable)?;
-    replace_keys(txn, rt, id, sealed)?;
-    let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
-    history
-        .insert((record.last_updated, rt, id, record.version), ())
-        .map_err(unavailable)?;
-    let mut type_history = txn.open_table(TYPE_HISTORY).map_err(unavailable)?;
-    type_history
-        .insert((rt, record.last_updated, id, record.version), ())
-        .map_err(unavailable)?;
-    if let Some(cid) = &record.cid {
-        let mut cids = txn.open_table(CIDS).map_err(unavailable)?;
-        cids.insert(cid.as_str(), ()).map_err(unavailable)?;
-    }
-    Ok(())
+    Tables::open(txn)?.apply(commit, sealed)
 }
 
-/// Makes `searchable`'s keys the ones `Type/id` is found by: the durable copy, from which the
-/// in-memory index is updated once the transaction is durable (and rebuilt at start).
+/// The tables a commit writes, opened once for a whole group of commits: each open and close
+/// of a table in a transaction rewrites its root in redb's table of tables.
+struct Tables<'txn> {
+    current: redb::Table<'txn, (&'static str, &'static str), u64>,
+    versions: redb::Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    entries: redb::Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    current_keys: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    indexed: redb::Table<'txn, (&'static str, &'static str), u64>,
+    history: redb::Table<'txn, (i64, &'static str, &'static str, u64), ()>,
+    type_history: redb::Table<'txn, (&'static str, i64, &'static str, u64), ()>,
+    cids: redb::Table<'txn, &'static str, ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, IndexError> {
+        Ok(Tables {
+            current: txn.open_table(CURRENT).map_err(unavailable)?,
+            versions: txn.open_table(VERSIONS).map_err(unavailable)?,
+            entries: txn.open_table(ENTRIES).map_err(unavailable)?,
+            current_keys: txn.open_table(CURRENT_KEYS).map_err(unavailable)?,
+            indexed: txn.open_table(INDEXED_WITH).map_err(unavailable)?,
+            history: txn.open_table(HISTORY).map_err(unavailable)?,
+            type_history: txn.open_table(TYPE_HISTORY).map_err(unavailable)?,
+            cids: txn.open_table(CIDS).map_err(unavailable)?,
+        })
+    }
+
+    fn apply(&mut self, commit: &Commit, sealed: &SealedSearch) -> Result<(), IndexError> {
+        let record = &commit.record;
+        let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+        let existing = self
+            .current
+            .get((rt, id))
+            .map_err(unavailable)?
+            .map(|v| v.value());
+        if existing != commit.replaces || record.version != commit.replaces.unwrap_or(0) + 1 {
+            return Err(IndexError::Conflict { current: existing });
+        }
+        if let Some(previous) = existing {
+            let bytes = self
+                .versions
+                .get((rt, id, previous))
+                .map_err(unavailable)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| IndexError::Corrupt(format!("{rt}/{id} lost version {previous}")))?;
+            let mut stored = decode(&bytes)?;
+            stored.record.superseded_at = Some(record.last_updated);
+            let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
+            self.versions
+                .insert((rt, id, previous), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        let stored = StoredVersion {
+            record: record.clone(),
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
+        self.versions
+            .insert((rt, id, record.version), bytes.as_slice())
+            .map_err(unavailable)?;
+        self.current
+            .insert((rt, id), record.version)
+            .map_err(unavailable)?;
+        self.entries
+            .insert((rt, id, record.version), sealed.entries.as_slice())
+            .map_err(unavailable)?;
+        // The durable copy of the keys `Type/id` is found by, from which the in-memory index
+        // is updated once the transaction is durable (and rebuilt at start).
+        self.current_keys
+            .insert((rt, id), sealed.keys.as_slice())
+            .map_err(unavailable)?;
+        self.indexed
+            .insert((rt, id), sealed.registry)
+            .map_err(unavailable)?;
+        self.history
+            .insert((record.last_updated, rt, id, record.version), ())
+            .map_err(unavailable)?;
+        self.type_history
+            .insert((rt, record.last_updated, id, record.version), ())
+            .map_err(unavailable)?;
+        if let Some(cid) = &record.cid {
+            self.cids.insert(cid.as_str(), ()).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `searchable`'s keys the ones `Type/id` is found by (a reindex).
 fn replace_keys(
     txn: &WriteTransaction,
     rt: &str,

@@ -25,20 +25,40 @@ impl MongoIndex {
             .filter(|c| c.replaces.is_none())
             .map(CurrentDoc::from_commit)
             .collect();
-        if !created.is_empty() {
-            self.current
-                .insert_many(created)
-                .session(&mut session)
-                .await?;
+        // One document is written as a single commit always was (`insert_one`), so an
+        // ordinary write takes the same path on the server as before batches existed.
+        match created.len() {
+            0 => {}
+            1 => {
+                self.current
+                    .insert_one(&created[0])
+                    .session(&mut session)
+                    .await?;
+            }
+            _ => {
+                self.current
+                    .insert_many(created)
+                    .session(&mut session)
+                    .await?;
+            }
         }
         for commit in commits.iter().filter(|c| c.replaces.is_some()) {
             self.replace_current(commit, &mut session).await?;
         }
-        if !commits.is_empty() {
-            self.versions
-                .insert_many(commits.iter().map(VersionDoc::from_commit))
-                .session(&mut session)
-                .await?;
+        match commits {
+            [] => {}
+            [only] => {
+                self.versions
+                    .insert_one(VersionDoc::from_commit(only))
+                    .session(&mut session)
+                    .await?;
+            }
+            _ => {
+                self.versions
+                    .insert_many(commits.iter().map(VersionDoc::from_commit))
+                    .session(&mut session)
+                    .await?;
+            }
         }
         for record in records {
             let doc = RecordDoc::from_record(record.clone());
