@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::actors::{Api, Reply, Started, actors, seed, start};
-use common::{Profile, Spawned};
+use common::actors::{Api, Reply, actors, seed, start};
+use common::Profile;
 use serde_json::{Value, json};
 
 /// The AuditEvents of a search's Bundle.
@@ -363,15 +363,7 @@ async fn no_answered_read_loses_its_audit_event_to_kill_9() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Started {
-        server,
-        issuer,
-        outsider_secret,
-        args,
-        env,
-    } = started;
-    let credentials = server.credentials().clone();
-    server.kill();
+    let killed = started.kill();
     for reader in readers {
         let _ = reader.await;
     }
@@ -379,12 +371,13 @@ async fn no_answered_read_loses_its_audit_event_to_kill_9() {
     assert!(answered > 0, "no read was answered before the kill");
     eprintln!("{answered} reads answered before kill -9");
 
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Spawned::with_env(dir.path(), &arg_refs, &Profile::Embedded, None, &env)
-        .with_credentials(credentials)
-        .ready(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the server restarts"));
-    let b = actors(&server, &issuer, &outsider_secret).await;
+    let restarted = killed.restart(dir.path());
+    let b = actors(
+        &restarted.server,
+        &restarted.issuer,
+        &restarted.outsider_secret,
+    )
+    .await;
     assert_eq!(b.custodian.get(&observation).await.status, 200);
     let mine = patients_events(&b.patient, "p1").await;
     let reads = mine

@@ -17,7 +17,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use common::actors::{Actors, Api, Reply, Started, actors, eventually, now, seed, start};
-use common::{Profile, Spawned, signal};
+use common::{Profile, signal};
 use serde_json::{Value, json};
 
 const SIGN: &str = r#"
@@ -338,21 +338,13 @@ async fn consent_is_enforced_on_the_embedded_ledger_and_survives_kill_9() {
     cli_binds_grants_lists_and_revokes(dir.path(), &started.server.base_url, &a).await;
 
     // kill -9 and restart: the chain (wallets, grants, revocations, break-glass) is intact.
-    let Started {
-        server,
-        issuer,
-        outsider_secret,
-        args,
-        env,
-    } = started;
-    let credentials = server.credentials().clone();
-    server.kill();
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Spawned::with_env(dir.path(), &arg_refs, &Profile::Embedded, None, &env)
-        .with_credentials(credentials)
-        .ready(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the server restarts"));
-    let b = actors(&server, &issuer, &outsider_secret).await;
+    let restarted = started.kill().restart(dir.path());
+    let b = actors(
+        &restarted.server,
+        &restarted.issuer,
+        &restarted.outsider_secret,
+    )
+    .await;
     assert_eq!(
         b.doctor.get(&observation).await.status,
         403,

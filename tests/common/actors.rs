@@ -172,6 +172,48 @@ pub struct Started {
     pub env: Vec<(String, String)>,
 }
 
+/// A server killed with SIGKILL, with what it takes to start it again on the same data.
+pub struct Killed {
+    issuer: std::sync::Arc<TestIssuer>,
+    outsider_secret: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    credentials: super::Credentials,
+}
+
+impl Started {
+    /// `kill -9` of the server.
+    pub fn kill(self) -> Killed {
+        let credentials = self.server.credentials().clone();
+        self.server.kill();
+        Killed {
+            issuer: self.issuer,
+            outsider_secret: self.outsider_secret,
+            args: self.args,
+            env: self.env,
+            credentials,
+        }
+    }
+}
+
+impl Killed {
+    /// Starts the server again on `dir` (the embedded profile), as it was started.
+    pub fn restart(self, dir: &Path) -> Started {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let server = Spawned::with_env(dir, &args, &Profile::Embedded, None, &self.env)
+            .with_credentials(self.credentials)
+            .ready(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server restarts"));
+        Started {
+            server,
+            issuer: self.issuer,
+            outsider_secret: self.outsider_secret,
+            args: self.args,
+            env: self.env,
+        }
+    }
+}
+
 pub async fn start(dir: &Path, profile: &Profile, ledger_env: &[(String, String)]) -> Started {
     let credentials = provision(dir, profile);
     let outsider_secret = format!("outsider-{:016x}", rand::random::<u64>());
