@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::actors::{Api, Reply, actors, seed, start};
 use common::Profile;
+use common::actors::{Api, Reply, actors, seed, start};
 use serde_json::{Value, json};
 
 /// The AuditEvents of a search's Bundle.
