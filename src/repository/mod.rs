@@ -50,6 +50,10 @@ pub struct Repository {
     registry: std::sync::RwLock<Arc<Registry>>,
     /// Custom SearchParameters from files, part of every rebuild of the registry.
     parameter_files: std::sync::RwLock<Vec<crate::search::params::RawParam>>,
+    /// The active SearchParameters stored on this server, as last read or written here.
+    stored_parameters: std::sync::Mutex<reindex::StoredParameters>,
+    /// One registry rebuild at a time, so the last one built is from the newest parameters.
+    rebuilding: tokio::sync::Mutex<u64>,
     /// The reindex under way, or the last one, and whether it still runs.
     reindexing: std::sync::Mutex<(reindex::ReindexProgress, bool)>,
     /// How long one search (every store call it makes, includes and counts) may take.
@@ -105,6 +109,8 @@ impl Repository {
             vault,
             registry: std::sync::RwLock::new(Arc::new(Registry::with_custom(&[]))),
             parameter_files: std::sync::RwLock::new(Vec::new()),
+            stored_parameters: Default::default(),
+            rebuilding: tokio::sync::Mutex::new(0),
             reindexing: std::sync::Mutex::new(Default::default()),
             search_time_limit: SEARCH_TIME_LIMIT,
             consent: std::sync::OnceLock::new(),

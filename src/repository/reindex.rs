@@ -31,6 +31,33 @@ pub struct ReindexProgress {
     pub total: usize,
 }
 
+/// The active SearchParameters stored on the server, by id, and a count of their changes.
+#[derive(Default)]
+pub(super) struct StoredParameters {
+    by_id: std::collections::BTreeMap<String, RawParam>,
+    /// Starts at 1 and grows with every change, so a rebuild knows whether it is behind.
+    generation: u64,
+}
+
+impl StoredParameters {
+    fn replace_all(&mut self, stored: Vec<(String, RawParam)>) {
+        self.by_id = stored.into_iter().collect();
+        self.generation += 1;
+    }
+
+    fn set(&mut self, id: &str, param: Option<RawParam>) {
+        match param {
+            Some(param) => self.by_id.insert(id.to_owned(), param),
+            None => self.by_id.remove(id),
+        };
+        self.generation += 1;
+    }
+
+    fn all(&self) -> Vec<RawParam> {
+        self.by_id.values().cloned().collect()
+    }
+}
+
 /// Reads custom SearchParameters from the `.json` files of `dir` (each a SearchParameter or a
 /// Bundle of them).
 pub fn read_parameter_files(dir: &std::path::Path) -> Result<Vec<RawParam>, String> {
@@ -78,28 +105,69 @@ impl Repository {
         }
     }
 
-    /// Rebuilds the registry from the files and the stored active SearchParameters; returns
-    /// whether it changed (and so whether resources are now stale).
+    /// Rebuilds the registry from the files and the stored active SearchParameters, read
+    /// afresh from the store; returns whether it changed (and so whether resources are now
+    /// stale). At start and on every poll: how a replica learns of parameters written elsewhere.
     pub async fn refresh_registry(&self) -> Result<bool, RepoError> {
-        let mut custom: Vec<RawParam> = self
+        let stored = self.read_stored_parameters().await?;
+        self.lock_stored_parameters().replace_all(stored);
+        Ok(self.rebuild_registry().await)
+    }
+
+    /// Takes a SearchParameter this server just committed (`content` none for a delete) into
+    /// the registry. Only that one parameter is read: reading every stored one again on each
+    /// write made a burst of N writes cost N² loads.
+    pub(super) async fn parameter_written(&self, id: &str, content: Option<&[u8]>) {
+        let active = content
+            .and_then(|c| serde_json::from_slice::<RawParam>(c).ok())
+            .filter(|p| p.status.as_deref() == Some("active"));
+        self.lock_stored_parameters().set(id, active);
+        self.rebuild_registry().await;
+    }
+
+    fn lock_stored_parameters(&self) -> std::sync::MutexGuard<'_, StoredParameters> {
+        self.stored_parameters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds the registry from the files and the stored parameters as they are now, unless a
+    /// rebuild since their last change already did; returns whether the registry changed.
+    async fn rebuild_registry(&self) -> bool {
+        // Rebuilds one at a time: a slow rebuild from older parameters cannot land after a
+        // newer one.
+        let mut built = self.rebuilding.lock().await;
+        let (generation, mut custom) = {
+            let stored = self.lock_stored_parameters();
+            if stored.generation == *built && *built != 0 {
+                return false;
+            }
+            (stored.generation, stored.all())
+        };
+        let files = self
             .parameter_files
             .read()
             .map(|f| f.clone())
             .unwrap_or_default();
-        custom.extend(self.stored_parameters().await?);
-        let registry = Registry::with_custom(&custom);
-        for problem in registry.unsupported_custom(&custom) {
-            tracing::warn!("custom search parameter not used: {problem}");
-        }
+        custom.splice(0..0, files);
+        let registry = crate::cpu::blocking(move || {
+            let registry = Registry::with_custom(&custom);
+            for problem in registry.unsupported_custom(&custom) {
+                tracing::warn!("custom search parameter not used: {problem}");
+            }
+            registry
+        })
+        .await;
+        *built = generation;
         let changed = registry.fingerprint() != self.registry().fingerprint();
         if changed {
             self.set_registry(registry);
         }
-        Ok(changed)
+        changed
     }
 
-    /// The active SearchParameter resources stored on this server.
-    async fn stored_parameters(&self) -> Result<Vec<RawParam>, RepoError> {
+    /// The active SearchParameter resources stored on this server, by id.
+    async fn read_stored_parameters(&self) -> Result<Vec<(String, RawParam)>, RepoError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
@@ -116,6 +184,7 @@ impl Repository {
                 .last()
                 .map(|c| (c.record.resource_type.clone(), c.record.id.clone()));
             for candidate in batch {
+                let id = candidate.record.id.clone();
                 let version = self.load(candidate.record).await?;
                 let Some(content) = version.content else {
                     continue;
@@ -123,7 +192,7 @@ impl Repository {
                 if let Ok(param) = serde_json::from_slice::<RawParam>(&content)
                     && param.status.as_deref() == Some("active")
                 {
-                    out.push(param);
+                    out.push((id, param));
                 }
             }
             if done {

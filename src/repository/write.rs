@@ -205,7 +205,7 @@ impl Repository {
             searchable,
         };
         self.index.commit(commit).await?;
-        self.after_write(resource_type).await;
+        self.after_write(resource_type, id, Some(&content)).await;
         Ok(ResourceVersion {
             record,
             content: Some(content),
@@ -262,7 +262,7 @@ impl Repository {
             };
             match self.index.commit(commit).await {
                 Ok(()) => {
-                    self.after_write(resource_type).await;
+                    self.after_write(resource_type, id, None).await;
                     return Ok(Some(record));
                 }
                 Err(IndexError::Conflict { .. }) if precondition == Precondition::None => continue,
@@ -277,13 +277,9 @@ impl Repository {
 
 impl Repository {
     /// What a committed write changes beyond itself: a SearchParameter changes the registry.
-    async fn after_write(&self, resource_type: ResourceType) {
-        if resource_type.as_str() != "SearchParameter" {
-            return;
-        }
-        // The write is committed either way; a failed rebuild is retried by the poll.
-        if let Err(e) = self.refresh_registry().await {
-            tracing::warn!("the search parameter registry could not be rebuilt: {e}");
+    async fn after_write(&self, resource_type: ResourceType, id: &str, content: Option<&[u8]>) {
+        if resource_type.as_str() == "SearchParameter" {
+            self.parameter_written(id, content).await;
         }
     }
 }

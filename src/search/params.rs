@@ -174,6 +174,8 @@ impl Registry {
 
     fn build(raw: &[RawParam]) -> Registry {
         let by_url: HashMap<&str, &RawParam> = raw.iter().map(|p| (p.url.as_str(), p)).collect();
+        // A set: a custom parameter identical to one already in force (the official
+        // definitions are often stored as resources too) changes nothing, nor the fingerprint.
         let mut described: Vec<String> = raw
             .iter()
             .filter(|p| p.status.as_deref() != Some("retired"))
@@ -196,6 +198,7 @@ impl Registry {
             })
             .collect();
         described.sort();
+        described.dedup();
         // The extraction rules are part of what the entries depend on.
         described.push(format!("extraction-rules-{EXTRACTION_RULES}"));
         let fingerprint = fnv1a(described.join("\n").as_bytes());
@@ -430,6 +433,23 @@ mod tests {
         assert_eq!(
             branches_for("(A.x as B) | C.y | A.z", "A").as_deref(),
             Some("(A.x as B) | A.z")
+        );
+    }
+
+    #[test]
+    fn storing_the_official_definitions_again_leaves_the_fingerprint_as_it_was() {
+        let official_only = Registry::r4().fingerprint();
+        let copies = official().to_vec();
+        assert_eq!(Registry::with_custom(&copies).fingerprint(), official_only);
+        let mut changed = copies[0].clone();
+        changed.expression = Some(format!(
+            "{} | {}.id",
+            changed.expression.clone().unwrap_or_default(),
+            changed.base[0]
+        ));
+        assert_ne!(
+            Registry::with_custom(&[changed]).fingerprint(),
+            official_only
         );
     }
 
