@@ -25,6 +25,7 @@ contract ConsentRegistry {
     );
     bytes32 public constant REVOKE_TYPEHASH =
         keccak256("Revoke(bytes32 patient,bytes32 grantId,uint256 nonce,uint256 deadline)");
+    bytes32 public constant ERASE_TYPEHASH = keccak256("Erase(bytes32 patient,uint256 nonce,uint256 deadline)");
     /// secp256k1's order / 2: a signature with a larger `s` is the malleated twin of another.
     uint256 private constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
 
@@ -53,6 +54,8 @@ contract ConsentRegistry {
     mapping(bytes32 grantId => GrantRecord) private grants;
     mapping(bytes32 patient => mapping(bytes32 grantee => mapping(bytes32 typeKey => Permission))) private
         permissions;
+    /// When a patient's record was erased at their signed request (block timestamp); 0: never.
+    mapping(bytes32 patient => uint64) public erasedAt;
 
     event RegistrarChanged(address indexed previous, address indexed next);
     event WalletBound(bytes32 indexed patient, address wallet);
@@ -67,6 +70,7 @@ contract ConsentRegistry {
     );
     event Revoked(bytes32 indexed patient, bytes32 indexed grantee, bytes32 indexed grantId);
     event BreakGlass(bytes32 indexed patient, bytes32 indexed accessor, bytes32 reasonHash, uint64 until);
+    event Erased(bytes32 indexed patient, address wallet, uint64 at);
 
     error NotRegistrar();
     error NotPatientWallet();
@@ -78,6 +82,7 @@ contract ConsentRegistry {
     error NoActions();
     error NoTypes();
     error ZeroAddress();
+    error AlreadyErased();
     error UnknownGrant();
     error AlreadyRevoked();
 
@@ -182,6 +187,7 @@ contract ConsentRegistry {
         uint64 expiry,
         uint256 nonce
     ) private returns (bytes32 grantId) {
+        if (erasedAt[patient] != 0) revert AlreadyErased();
         if (actions == 0 || actions > (READ | WRITE)) revert NoActions();
         if (resourceTypes.length == 0) revert NoTypes();
         if (expiry <= block.timestamp) revert Expired();
@@ -233,6 +239,24 @@ contract ConsentRegistry {
     function breakGlass(bytes32 patient, bytes32 accessor, bytes32 reasonHash, uint64 until) external onlyRegistrar {
         if (until <= block.timestamp) revert Expired();
         emit BreakGlass(patient, accessor, reasonHash, until);
+    }
+
+    // ---- erasure ----
+
+    /// The patient's own signed request that the server erase their record (destroy the key
+    /// their data is sealed with), recorded by the registrar before it erases: anyone can check
+    /// that an erasure was the patient's wish, and when it happened. An erased patient grants
+    /// nothing afterwards.
+    function recordErasure(bytes32 patient, uint256 deadline, bytes calldata signature) external onlyRegistrar {
+        address wallet = walletOf[patient];
+        if (wallet == address(0)) revert NotBound();
+        if (erasedAt[patient] != 0) revert AlreadyErased();
+        if (block.timestamp > deadline) revert Expired();
+        uint256 nonce = nonces[patient]++;
+        bytes32 structHash = keccak256(abi.encode(ERASE_TYPEHASH, patient, nonce, deadline));
+        if (_recover(structHash, signature) != wallet) revert WrongSigner();
+        erasedAt[patient] = uint64(block.timestamp);
+        emit Erased(patient, wallet, uint64(block.timestamp));
     }
 
     // ---- views ----

@@ -410,9 +410,9 @@ pub async fn serve(
         let repo = state.repo.clone();
         tasks.push(tokio::spawn(consent.follow(
             stopped.clone(),
-            move |grants| {
+            move |changes| {
                 let repo = repo.clone();
-                async move { repo.mirror_grants(&grants).await }
+                async move { repo.follow_chain(changes).await }
             },
         )));
     }

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use common::Profile;
 use common::actors::{Api, Reply, actors, seed, start};
+use common::wallet::{bind, sign_with_eth_account, typed_data, wallet};
+use intellihealth::vault::VaultError;
+use intellihealth::vault::blob::BlobStore;
 use serde_json::{Value, json};
 
 /// The AuditEvents of a search's Bundle.
@@ -128,6 +131,37 @@ async fn the_audit_trail_holds(profile: Profile) {
                 .as_str()
                 .is_some_and(|d| d.starts_with("HTTP 401"))),
         "no AuditEvent of the 401"
+    );
+
+    // Token requests are on the record with the client that made them: the outsider's
+    // issued token, and a request with a wrong secret refused.
+    let token_url = format!("{}/auth/token", a.custodian.base.trim_end_matches("/fhir"));
+    let refused = reqwest::Client::new()
+        .post(&token_url)
+        .basic_auth("outsider", Some("not-the-secret"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.rs"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let tokens = events(&a.custodian.get("AuditEvent?subtype=token&_count=500").await);
+    let by_outsider = |outcome: &str| {
+        tokens.iter().any(|e| {
+            e["outcome"] == outcome
+                && e["type"]["code"] == "110114"
+                && requestor(e)["identifier"]["value"] == "outsider"
+        })
+    };
+    assert!(
+        by_outsider("0"),
+        "no AuditEvent of the outsider's token in {tokens:#?}"
+    );
+    assert!(
+        by_outsider("4"),
+        "no AuditEvent of the refused token request in {tokens:#?}"
     );
 
     // Nobody else sees who read p1's record: another patient's token is confined to their
@@ -397,4 +431,212 @@ async fn no_answered_read_loses_its_audit_event_to_kill_9() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_interaction_is_audited_on_the_services_profile() {
     the_audit_trail_holds(Profile::services("audit")).await;
+}
+
+/// The blob store a server of `profile` on `dir` uses, opened beside it.
+fn blob_store(profile: &Profile, dir: &std::path::Path) -> Arc<dyn BlobStore> {
+    match profile {
+        Profile::Embedded => {
+            Arc::new(intellihealth::vault::local::LocalBlobStore::open(dir).unwrap())
+        }
+        Profile::Services { ipfs_api, .. } => {
+            Arc::new(intellihealth::vault::ipfs::IpfsBlobStore::new(ipfs_api).unwrap())
+        }
+    }
+}
+
+/// Every blob the store holds, with its bytes.
+async fn all_blobs(store: &dyn BlobStore) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut blobs = std::collections::HashMap::new();
+    for cid in store.list().await.unwrap() {
+        if let Ok(bytes) = store.get(&cid).await {
+            blobs.insert(cid, bytes);
+        }
+    }
+    blobs
+}
+
+/// Erasure at the patient's request, end to end: only a custodian with the patient's wallet's
+/// signature erases; afterwards every read of the patient's resources is 410 and nothing can be
+/// written into their record; their AuditEvents stay, complete, and the erasure's own is
+/// anchored; their blobs are unpinned, and the raw bytes taken from the blob store before can
+/// no longer be opened with any key the master key unwraps.
+async fn erasure_holds(profile: Profile) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = start(dir.path(), &profile, &fast_anchoring()).await;
+    let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
+    let (observation, condition) = seed(&a.custodian).await;
+    let key = wallet();
+    let bound = bind(&a.patient, "p1", &key).await;
+    assert_eq!(bound.status, 200, "{}", bound.body);
+    let blobs = blob_store(&profile, dir.path());
+    let before = all_blobs(blobs.as_ref()).await;
+
+    // The patient prepares the erasure and their wallet signs it.
+    let typed = typed_data(&a.patient.get("Patient/p1/$purge").await);
+    let signature = sign_with_eth_account(&typed, &key.key);
+    let body = |signature: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "signature", "valueString": signature}]})
+    };
+    // Only a custodian erases, and only with the patient's wallet's signature.
+    for (who, expected) in [(&a.patient, 403), (&a.outsider, 403)] {
+        let refused = who.post("Patient/p1/$purge", &body(&signature)).await;
+        assert_eq!(refused.status, expected, "{}", refused.body);
+    }
+    let forged = sign_with_eth_account(&typed, &wallet().key);
+    let refused = a.custodian.post("Patient/p1/$purge", &body(&forged)).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(a.custodian.get(&observation).await.status, 200);
+
+    let purged = a
+        .custodian
+        .post("Patient/p1/$purge", &body(&signature))
+        .await;
+    assert_eq!(purged.status, 200, "{}", purged.body);
+    assert!(
+        parameter(&purged.body, "txHash").is_some(),
+        "{}",
+        purged.body
+    );
+    let erased: usize = parameter(&purged.body, "resources")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(erased >= 3, "{}", purged.body);
+
+    // Every read of the patient's resources is gone, for the custodian and the patient alike.
+    let first_version = format!("{observation}/_history/1");
+    for path in ["Patient/p1", &observation, &condition, &first_version] {
+        for who in [&a.custodian, &a.patient] {
+            let reply = who.get(path).await;
+            assert_eq!(reply.status, 410, "{path}: {}", reply.body);
+        }
+    }
+    let found = a.custodian.get("Observation?subject=Patient/p1").await;
+    assert_eq!(found.status, 200);
+    assert!(
+        found.body["entry"].as_array().is_none_or(|e| e.is_empty()),
+        "{}",
+        found.body
+    );
+    // Nothing can be written into the erased record; other patients are untouched.
+    let written = a
+        .custodian
+        .post(
+            "Observation",
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+                "subject": {"reference": "Patient/p1"}}),
+        )
+        .await;
+    assert_eq!(written.status, 410, "{}", written.body);
+    assert_eq!(a.custodian.get("Patient/p2").await.status, 200);
+    // A retried request (its answer lost, say) finds the erasure done, and changes nothing.
+    let again = a
+        .custodian
+        .post("Patient/p1/$purge", &body(&signature))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(
+        parameter(&again.body, "erasedAt").is_some(),
+        "{}",
+        again.body
+    );
+
+    // The patient's AuditEvents stay, the chain complete, and the erasure's own anchored.
+    let mine = patients_events(&a.patient, "p1").await;
+    let erasure = mine
+        .iter()
+        .find(|e| subtype(e) == "$purge" && e["outcome"] == "0")
+        .unwrap_or_else(|| panic!("no AuditEvent of the erasure in {mine:#?}"));
+    assert!(names(erasure, "Patient/p1"), "{erasure:#}");
+    let (complete, report) = verify_chain("p1", &mine);
+    assert!(complete, "{report}");
+    let rpc = match &profile {
+        Profile::Services { .. } => Some(common::services::eth_rpc()),
+        Profile::Embedded => None,
+    };
+    proof_holds(&a.patient, erasure["id"].as_str().unwrap(), rpc.as_deref()).await;
+
+    // The patient's blobs are unpinned. (A local store deletes them; an IPFS node keeps an
+    // unpinned block until its garbage collection, and other nodes may hold copies: what makes
+    // every copy unreadable is the destroyed key, below.)
+    let after: std::collections::HashSet<String> =
+        blobs.list().await.unwrap().into_iter().collect();
+    let removed: Vec<(&String, &Vec<u8>)> = before
+        .iter()
+        .filter(|(cid, _)| !after.contains(*cid))
+        .collect();
+    assert!(removed.len() >= erased, "{} blobs removed", removed.len());
+    if let Profile::Embedded = profile {
+        for (cid, _) in &removed {
+            assert!(blobs.get(cid).await.is_err(), "{cid} is still served");
+        }
+    }
+
+    // And the raw bytes taken before are unreadable with the master key: no key it unwraps
+    // opens them, as any version of any of the patient's resources.
+    drop(a);
+    started.kill();
+    let (mongodb_uri, ipfs_api) = match &profile {
+        Profile::Embedded => (None, None),
+        Profile::Services {
+            mongodb_uri,
+            ipfs_api,
+        } => (Some(mongodb_uri.clone()), Some(ipfs_api.clone())),
+    };
+    let config = intellihealth::config::Config::for_storage(&intellihealth::config::StorageArgs {
+        data_dir: Some(dir.path().to_owned()),
+        mongodb_uri,
+        ipfs_api,
+        ..Default::default()
+    })
+    .unwrap();
+    let stores = intellihealth::app::open_stores(&config).await.unwrap();
+    let owners = ["Patient/p1", "Patient/p2", "system", "intellihealth/audit"];
+    let aads: Vec<String> = ["Patient/p1", observation.as_str(), condition.as_str()]
+        .iter()
+        .flat_map(|r| (1..=3).map(move |v| format!("{r}/_history/{v}")))
+        .collect();
+    for (cid, bytes) in &removed {
+        let destroyed = stores
+            .vault
+            .open("Patient/p1", &aads[0], bytes.to_vec(), None)
+            .await;
+        assert!(
+            matches!(destroyed, Err(VaultError::KeyDestroyed(_))),
+            "{cid}: {destroyed:?}"
+        );
+        for owner in owners {
+            for aad in &aads {
+                let opened = stores.vault.open(owner, aad, bytes.to_vec(), None).await;
+                assert!(opened.is_err(), "{cid} opened as {owner} {aad}");
+            }
+        }
+    }
+    // The same method opens what was not erased: Patient/p2's version is still readable.
+    let mut opened = 0;
+    for (cid, bytes) in &before {
+        if after.contains(cid)
+            && stores
+                .vault
+                .open("Patient/p2", "Patient/p2/_history/1", bytes.clone(), None)
+                .await
+                .is_ok()
+        {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 1, "Patient/p2's blob opens with the master key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patient_is_erased_at_their_request_on_the_embedded_profile() {
+    erasure_holds(Profile::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patient_is_erased_at_their_request_on_the_services_profile() {
+    let ipfs = common::services::OwnIpfs::start();
+    erasure_holds(Profile::services_with("erasure", &ipfs)).await;
 }

@@ -17,51 +17,9 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use common::actors::{Actors, Api, Reply, Started, actors, eventually, now, seed, start};
+use common::wallet::{Wallet, bind, sign_with_eth_account, typed_data, wallet};
 use common::{Profile, signal};
 use serde_json::{Value, json};
-
-const SIGN: &str = r#"
-import json, sys
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-typed = json.loads(sys.stdin.read())
-signed = Account.sign_message(encode_typed_data(full_message=typed), sys.argv[1])
-print("0x" + bytes(signed.signature).hex())
-"#;
-
-/// eth-account's signature of `typed_data` (the JSON the server gave) with `key`.
-fn sign_with_eth_account(typed_data: &str, key: &str) -> String {
-    let output = common::python(&["-c", SIGN, key], typed_data);
-    assert!(
-        output.status.success(),
-        "eth-account: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-struct Wallet {
-    key: String,
-    address: Address,
-}
-
-fn wallet() -> Wallet {
-    let signer = PrivateKeySigner::random();
-    Wallet {
-        key: alloy::hex::encode_prefixed(signer.to_bytes()),
-        address: signer.address(),
-    }
-}
-
-fn typed_data(reply: &Reply) -> String {
-    assert_eq!(reply.status, 200, "typed data: {}", reply.body);
-    reply.body["parameter"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "typedData"))
-        .and_then(|p| p["valueString"].as_str())
-        .unwrap_or_else(|| panic!("no typedData: {}", reply.body))
-        .to_owned()
-}
 
 fn instant(secs: u64) -> String {
     intellihealth::fhir::instant::format_instant((secs * 1000) as i64)
@@ -98,26 +56,6 @@ fn signed(mut consent: Value, signature: &str) -> Value {
         "valueString": signature,
     }]);
     consent
-}
-
-/// Binds `wallet` to `patient` through the API, signed by eth-account.
-async fn bind(api: &Api, patient: &str, wallet: &Wallet) -> Reply {
-    let typed = typed_data(
-        &api.get(&format!(
-            "Patient/{patient}/$wallet-binding?address={}",
-            wallet.address
-        ))
-        .await,
-    );
-    let signature = sign_with_eth_account(&typed, &wallet.key);
-    api.post(
-        &format!("Patient/{patient}/$wallet-binding"),
-        &json!({"resourceType": "Parameters", "parameter": [
-            {"name": "address", "valueString": wallet.address.to_string()},
-            {"name": "signature", "valueString": signature},
-        ]}),
-    )
-    .await
 }
 
 /// Prepares, signs (with `signer`) and posts a grant; the reply and the signed Consent.

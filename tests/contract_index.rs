@@ -333,6 +333,138 @@ async fn contract(store: Arc<dyn IndexStore>) {
     assert!(s.get_record("jti", "a").await.unwrap().is_some());
 
     commit_all_contract(s).await;
+    erase_contract(s).await;
+}
+
+/// Erasing a patient's record: their key destroyed for good, every version sealed under it
+/// gone, each resource whose current version was one of them ended by an erasure version;
+/// what another patient's key seals stays. Twice is the same as once.
+async fn erase_contract(s: &dyn IndexStore) {
+    let owned = |rt: &str, id: &str, version: u64, owner: &str, patients: &[&str]| {
+        let mut r = record(rt, id, version, 40_000 + version as i64);
+        r.key_owner = Some(format!("Patient/{owner}"));
+        r.patients = patients.iter().map(|p| p.to_string()).collect();
+        r
+    };
+    s.commit(commit(owned("Patient", "x", 1, "x", &["x"]), None))
+        .await
+        .unwrap();
+    s.commit(commit(owned("Patient", "x", 2, "x", &["x"]), Some(1)))
+        .await
+        .unwrap();
+    s.commit(commit(owned("Observation", "o1", 1, "x", &["x"]), None))
+        .await
+        .unwrap();
+    // In x's compartment but sealed under y's key: y's data, it stays.
+    s.commit(commit(
+        owned("Observation", "o2", 1, "y", &["y", "x"]),
+        None,
+    ))
+    .await
+    .unwrap();
+    // Moved from x to y: its first version goes, its current one stays.
+    s.commit(commit(owned("Observation", "o3", 1, "x", &["x"]), None))
+        .await
+        .unwrap();
+    s.commit(commit(owned("Observation", "o3", 2, "y", &["y"]), Some(1)))
+        .await
+        .unwrap();
+    s.insert_data_key("Patient/x", b"wrapped-x".to_vec())
+        .await
+        .unwrap();
+    s.insert_data_key("Patient/y", b"wrapped-y".to_vec())
+        .await
+        .unwrap();
+    let x1_cid = "bafkreicidxv1";
+    assert!(s.references(x1_cid).await.unwrap());
+
+    let erased = s.erase_patient("x", 50_000).await.unwrap();
+    let mut resources = erased.resources.clone();
+    resources.sort();
+    assert_eq!(
+        resources,
+        vec![
+            ("Observation".to_owned(), "o1".to_owned()),
+            ("Patient".to_owned(), "x".to_owned())
+        ]
+    );
+    assert_eq!(erased.versions, 4);
+    let mut cids = erased.cids.clone();
+    cids.sort();
+    assert_eq!(
+        cids,
+        vec![
+            "bafkreicido1v1",
+            "bafkreicido3v1",
+            "bafkreicidxv1",
+            "bafkreicidxv2"
+        ]
+    );
+
+    let end = s.current("Patient", "x").await.unwrap().unwrap();
+    assert_eq!((end.version, end.method), (3, Method::Erase));
+    assert!(end.deleted() && end.cid.is_none() && end.key_owner.is_none());
+    assert!(end.patients == vec!["x".to_owned()] && end.last_updated >= 50_000);
+    for version in [1, 2] {
+        assert!(s.version("Patient", "x", version).await.unwrap().is_none());
+    }
+    assert_eq!(
+        versions_of(&s.history(&instance("Patient", "x")).await.unwrap()),
+        vec![3]
+    );
+    assert!(s.version("Observation", "o3", 1).await.unwrap().is_none());
+    assert_eq!(
+        s.current("Observation", "o3")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+    assert!(!s.references(x1_cid).await.unwrap());
+    // Nothing of x's is found by search any more; y's is.
+    let found = |key: &str| CandidateQuery {
+        resource_types: vec!["Observation".into(), "Patient".into()],
+        key_ranges: Some(vec![equality_range(key)]),
+        patient: None,
+        after: None,
+        limit: 50,
+    };
+    let ids: Vec<String> = s
+        .candidates(&found("family\u{1}n\u{1}v1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.record.id)
+        .collect();
+    assert!(ids.contains(&"o2".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"o1".to_owned()), "{ids:?}");
+    let ids: Vec<String> = s
+        .candidates(&found("family\u{1}n\u{1}v2"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.record.id)
+        .collect();
+    assert!(!ids.contains(&"x".to_owned()), "{ids:?}");
+
+    // The key is destroyed, and a new one can never take its place.
+    assert_eq!(s.data_key("Patient/x").await.unwrap(), Some(Vec::new()));
+    assert_eq!(
+        s.insert_data_key("Patient/x", b"fresh".to_vec())
+            .await
+            .unwrap(),
+        Vec::<u8>::new()
+    );
+    assert_eq!(
+        s.data_key("Patient/y").await.unwrap(),
+        Some(b"wrapped-y".to_vec())
+    );
+
+    // Again: nothing left to do.
+    let again = s.erase_patient("x", 60_000).await.unwrap();
+    assert!(again.resources.is_empty() && again.versions == 0 && again.cids.is_empty());
+    assert_eq!(s.current("Patient", "x").await.unwrap().unwrap().version, 3);
 }
 
 /// Many versions in one commit: all become current, with their batch positions, or (one

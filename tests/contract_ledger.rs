@@ -228,6 +228,13 @@ async fn contract(ledger: &dyn Ledger) {
         deadline: U256::ZERO,
     };
     assert_eq!(grant_type, sample.eip712_type_hash());
+    let erase_type: B256 = registry.view(ConsentRegistry::ERASE_TYPEHASHCall {}).await;
+    let sample = typed::Erase {
+        patient: B256::ZERO,
+        nonce: U256::ZERO,
+        deadline: U256::ZERO,
+    };
+    assert_eq!(erase_type, sample.eip712_type_hash());
 
     let patient = keccak256(b"test patient, keyed elsewhere");
     let grantee = keccak256(b"test grantee, keyed elsewhere");

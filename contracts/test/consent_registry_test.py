@@ -55,6 +55,10 @@ GRANT_FIELDS = [{"name": "patient", "type": "bytes32"}, {"name": "grantee", "typ
                 {"name": "deadline", "type": "uint256"}]
 REVOKE_FIELDS = [{"name": "patient", "type": "bytes32"}, {"name": "grantId", "type": "bytes32"},
                  {"name": "nonce", "type": "uint256"}, {"name": "deadline", "type": "uint256"}]
+ERASE_FIELDS = [{"name": "patient", "type": "bytes32"}, {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"}]
+ERASE = "recordErasure(bytes32,uint256,bytes)"
+ERASE_TYPES = ["bytes32", "uint256", "bytes"]
 BIND = "bindWallet(bytes32,address,uint256,bytes)"
 REBIND = "rebindWallet(bytes32,address,uint256,bytes)"
 BIND_TYPES = ["bytes32", "address", "uint256", "bytes"]
@@ -94,6 +98,13 @@ def revoke_args(patient, grant_id, deadline, key, nonce=None):
     signature = sign("Revoke", REVOKE_FIELDS, {"patient": patient, "grantId": grant_id,
                                                "nonce": nonce, "deadline": deadline}, key.key)
     return [patient, grant_id, deadline, signature]
+
+
+def erase_args(patient, deadline, key, nonce=None):
+    nonce = nonce_of(patient) if nonce is None else nonce
+    signature = sign("Erase", ERASE_FIELDS, {"patient": patient, "nonce": nonce,
+                                             "deadline": deadline}, key.key)
+    return [patient, deadline, signature]
 
 
 def grant_id_of(patient, nonce):
@@ -256,6 +267,41 @@ try:
     outcome, _ = transact(relayer, GRANT, GRANT_TYPES, grant_args(
         patient, app, ["Condition"], READ, expiry, later + 200, new_wallet))
     check("the new wallet's do", outcome == "ok")
+
+    # ---- erasure ----
+    erased = keccak(b"k|patient|erased")
+    erased_wallet = Account.create()
+    expect_revert("erasing an unbound patient", transact(
+        registrar, ERASE, ERASE_TYPES, erase_args(erased, later, erased_wallet, nonce=0)), "NotBound")
+    outcome, _ = transact(registrar, BIND, BIND_TYPES, [
+        erased, erased_wallet.address, later, bind_signature(erased, erased_wallet, later)])
+    check("the patient to erase binds a wallet", outcome == "ok")
+    outcome, _ = transact(relayer, GRANT, GRANT_TYPES, grant_args(
+        erased, app, ["Observation"], READ, expiry, later, erased_wallet))
+    check("and grants before the erasure", outcome == "ok" and allowed(erased, app, "Observation", READ))
+    expect_revert("only the registrar records an erasure", transact(
+        relayer, ERASE, ERASE_TYPES, erase_args(erased, later, erased_wallet)), "NotRegistrar")
+    expect_revert("an erasure needs the patient's wallet's signature", transact(
+        registrar, ERASE, ERASE_TYPES, erase_args(erased, later, impostor)), "WrongSigner")
+    expect_revert("an erasure signed with a used nonce", transact(
+        registrar, ERASE, ERASE_TYPES, erase_args(erased, later, erased_wallet, nonce=0)), "WrongSigner")
+    expect_revert("an erasure past its deadline", transact(
+        registrar, ERASE, ERASE_TYPES, erase_args(erased, now() - 1, erased_wallet)), "Expired")
+    args = erase_args(erased, later, erased_wallet)
+    outcome, r = transact(registrar, ERASE, ERASE_TYPES, args)
+    erased_topic = "0x" + keccak(text="Erased(bytes32,address,uint64)").hex()
+    check("an erasure emits Erased", outcome == "ok" and any(
+        log["topics"][0] == erased_topic and log["topics"][1] == "0x" + erased.hex()
+        for log in r["logs"]))
+    gas["recordErasure"] = int(r["gasUsed"], 16)
+    check("erasedAt holds the time", view("erasedAt(bytes32)", ["bytes32"], [erased], ["uint64"])[0] > 0)
+    expect_revert("an erasure is recorded once", transact(
+        registrar, ERASE, ERASE_TYPES, erase_args(erased, later, erased_wallet)), "AlreadyErased")
+    expect_revert("an erased patient grants nothing", transact(
+        relayer, GRANT, GRANT_TYPES, grant_args(erased, app, ["Condition"], READ, expiry, later,
+                                                erased_wallet)), "AlreadyErased")
+    check("the erase type hash is EIP-712's", view("ERASE_TYPEHASH()", [], [], ["bytes32"])[0]
+          == keccak(text="Erase(bytes32 patient,uint256 nonce,uint256 deadline)"))
 
     # ---- break-glass and the registrar ----
     reason = keccak(b"unconscious in the emergency department")

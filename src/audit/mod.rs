@@ -75,6 +75,9 @@ pub struct Judged {
 struct Notes {
     agent: Option<Agent>,
     judged: Vec<Judged>,
+    /// The interaction failed though its status says otherwise (a sign-in page shown again
+    /// after a wrong password is a 200).
+    refused: bool,
 }
 
 /// What a request collects for its AuditEvent; shared by the clones of its `Principal`.
@@ -99,6 +102,11 @@ impl Touched {
                 allowed,
             })
         });
+    }
+
+    /// Notes that the interaction was refused whatever its HTTP status.
+    pub fn refused(&self) {
+        self.with(|notes| notes.refused = true);
     }
 
     fn take(&self) -> Notes {
@@ -136,22 +144,35 @@ pub struct Interaction {
     pub request: Request,
     agent: Option<Agent>,
     judged: Vec<Judged>,
+    refused: bool,
 }
 
 impl Interaction {
     pub fn new(request: Request, touched: &Touched) -> Interaction {
-        let Notes { agent, judged } = touched.take();
+        let Notes {
+            agent,
+            judged,
+            refused,
+        } = touched.take();
         Interaction {
             request,
             agent,
             judged,
+            refused,
         }
     }
 
     /// The patients the interaction concerns: those of every version it was allowed to see
-    /// or change, and of a version it was refused (a denial is about that patient too).
+    /// or change, and of a version it was refused (a denial is about that patient too), and
+    /// the patient who asked (the AuditEvent is in their compartment, as its agent, so it
+    /// belongs in their chain).
     pub fn patients(&self) -> Vec<String> {
-        let mut patients: Vec<String> = Vec::new();
+        let mut patients: Vec<String> = self
+            .agent
+            .as_ref()
+            .and_then(|a| a.fhir_user.as_deref()?.strip_prefix("Patient/"))
+            .map(|own| vec![own.to_owned()])
+            .unwrap_or_default();
         for judged in &self.judged {
             for p in &judged.patients {
                 if !patients.contains(p) {
@@ -328,7 +349,7 @@ pub fn event(
         "action": action,
         "period": {"start": format_instant(request.started), "end": format_instant(recorded)},
         "recorded": format_instant(recorded),
-        "outcome": outcome_code(request.status),
+        "outcome": if interaction.refused { "4" } else { outcome_code(request.status) },
         "outcomeDesc": format!("HTTP {} {} {}", request.status, request.method, request.path),
         "agent": agents,
         "source": {

@@ -22,6 +22,7 @@
 //! Owns: the consent rule and the registry's deployment record. Must not know HTTP; reaches
 //! the chain only through the `ledger` seam.
 
+pub mod erasure;
 pub mod relay;
 pub mod resource;
 pub mod typed;
@@ -398,22 +399,22 @@ impl Consent {
         Ok(())
     }
 
-    /// Keeps the cache current (and calls `changed` with the grants each round changed) until
+    /// Keeps the cache current (and calls `changed` with what each round changed) until
     /// `stopped`.
     pub async fn follow<F, Fut>(
         self: Arc<Self>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
         changed: F,
     ) where
-        F: Fn(Vec<B256>) -> Fut,
+        F: Fn(consent::Changes) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         loop {
             match self.catch_up().await {
                 Ok(_) => {
-                    let grants = self.cache.take_changed();
-                    if !grants.is_empty() {
-                        changed(grants).await;
+                    let changes = self.cache.take_changed();
+                    if !changes.is_empty() {
+                        changed(changes).await;
                     }
                 }
                 Err(e) => tracing::warn!(

@@ -29,9 +29,9 @@ const PATIENTS: &str = "consent-patient";
 const GRANTEES: &str = "consent-grantee";
 
 #[derive(Serialize, Deserialize)]
-struct Prepared {
-    nonce: U256,
-    deadline: u64,
+pub(super) struct Prepared {
+    pub(super) nonce: U256,
+    pub(super) deadline: u64,
 }
 
 /// Where a relayed transaction landed.
@@ -47,7 +47,7 @@ enum StoredGrantee {
     Client(String),
 }
 
-fn hex_key(parts: &[&[u8]]) -> String {
+pub(super) fn hex_key(parts: &[&[u8]]) -> String {
     let mut preimage = Vec::new();
     for part in parts {
         preimage.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -61,7 +61,7 @@ impl Consent {
         consent_domain(self.ledger.chain_id(), self.registry)
     }
 
-    async fn view<C: SolCall>(&self, call: C) -> Result<C::Return, ConsentError> {
+    pub(super) async fn view<C: SolCall>(&self, call: C) -> Result<C::Return, ConsentError> {
         let output = self
             .ledger
             .call(self.registry, call.abi_encode().into())
@@ -70,7 +70,10 @@ impl Consent {
             .map_err(|e| ConsentError::Unavailable(format!("the registry's answer: {e}")))
     }
 
-    async fn send<C: SolCall>(&self, call: C) -> Result<crate::ledger::Receipt, ConsentError> {
+    pub(super) async fn send<C: SolCall>(
+        &self,
+        call: C,
+    ) -> Result<crate::ledger::Receipt, ConsentError> {
         let receipt = self
             .ledger
             .transact(self.registry, Bytes::from(call.abi_encode()))
@@ -79,7 +82,11 @@ impl Consent {
         Ok(receipt)
     }
 
-    async fn prepare(&self, key: String, patient: B256) -> Result<Prepared, ConsentError> {
+    pub(super) async fn prepare(
+        &self,
+        key: String,
+        patient: B256,
+    ) -> Result<Prepared, ConsentError> {
         let nonce = self.view(ConsentRegistry::noncesCall { patient }).await?;
         let prepared = Prepared {
             nonce,
@@ -98,7 +105,7 @@ impl Consent {
 
     /// The prepared message under `key`, still current: unexpired, and the patient's nonce
     /// not moved since.
-    async fn prepared(
+    pub(super) async fn prepared(
         &self,
         key: &str,
         patient: B256,
@@ -128,7 +135,11 @@ impl Consent {
         Ok(prepared)
     }
 
-    async fn bound_wallet(&self, patient: B256, patient_id: &str) -> Result<Address, ConsentError> {
+    pub(super) async fn bound_wallet(
+        &self,
+        patient: B256,
+        patient_id: &str,
+    ) -> Result<Address, ConsentError> {
         let wallet = self.view(ConsentRegistry::walletOfCall { patient }).await?;
         if wallet == Address::ZERO {
             return Err(ConsentError::Unprocessable(format!(
@@ -139,7 +150,7 @@ impl Consent {
         Ok(wallet)
     }
 
-    fn check_signer(
+    pub(super) fn check_signer(
         &self,
         message: &impl alloy::sol_types::SolStruct,
         signature: &str,
@@ -156,7 +167,7 @@ impl Consent {
         Ok(Bytes::from(parsed.as_bytes().to_vec()))
     }
 
-    async fn forget(&self, key: &str) {
+    pub(super) async fn forget(&self, key: &str) {
         let _ = self.store.take_record(PREPARED, key).await;
     }
 

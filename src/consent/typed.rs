@@ -123,6 +123,24 @@ pub fn revoke_json(chain_id: u64, registry: Address, m: &typed::Revoke) -> Value
     )
 }
 
+pub fn erase_json(chain_id: u64, registry: Address, m: &typed::Erase) -> Value {
+    envelope(
+        chain_id,
+        registry,
+        "Erase",
+        json!([
+            field("patient", "bytes32"),
+            field("nonce", "uint256"),
+            field("deadline", "uint256"),
+        ]),
+        json!({
+            "patient": m.patient.to_string(),
+            "nonce": number(m.nonce),
+            "deadline": number(m.deadline),
+        }),
+    )
+}
+
 /// A 65-byte signature from 0x-hex, refused when malformed or malleable.
 pub fn parse_signature(hex: &str) -> Result<Signature, ConsentError> {
     let bytes = parse_hex(hex, "signature")?;

@@ -233,6 +233,11 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
                 "https://intellihealth.dev/fhir/OperationDefinition/Patient-wallet-binding",
                 "GET ?address= gives the EIP-712 typed data binding a wallet to the patient; POST a Parameters of address and signature binds it on chain (the patient or a custodian)",
             ),
+            operation(
+                "purge",
+                "https://intellihealth.dev/fhir/OperationDefinition/Patient-purge",
+                "Erasure at the patient's request (crypto-shredding): GET gives the EIP-712 typed data the patient's wallet signs; a custodian POSTs a Parameters with that signature, the erasure is recorded on chain (recordErasure), the patient's data key is destroyed, their index rows and blobs removed; every read of their resources is then 410, and their AuditEvents stay",
+            ),
         ],
         "Consent" => vec![operation(
             "prepare",

@@ -1,6 +1,8 @@
 //! The consent operations: `Patient/{id}/$wallet-binding` (GET the typed data, POST the
-//! signature) and `Consent/$prepare`. Grants and revocations themselves are `POST Consent` and
-//! `PUT Consent/{id}` (see `crud`), answered by the repository's consent interactions.
+//! signature), `Consent/$prepare`, and erasure at the patient's request, `Patient/{id}/$purge`
+//! (GET the typed data, POST the signature). Grants and revocations themselves are
+//! `POST Consent` and `PUT Consent/{id}` (see `crud`), answered by the repository's consent
+//! interactions.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +15,7 @@ use super::openapi::{BodyErrors, FhirErrors};
 use super::outcome::ApiError;
 use super::{FhirPath, HttpState};
 use crate::auth::Principal;
+use crate::consent::erasure::Recorded;
 use crate::fhir::json::{self, Json, object};
 use crate::fhir::resource::ResourceType;
 
@@ -36,11 +39,11 @@ pub(super) fn answer(negotiated: Negotiated, body: &Json) -> Response {
     response
 }
 
-fn only_patient(resource_type: &str) -> Result<(), ApiError> {
+fn only_patient(resource_type: &str, operation: &str) -> Result<(), ApiError> {
     if resource_type != "Patient" {
         ResourceType::parse(resource_type)?;
         return Err(ApiError::NotSupported(format!(
-            "$wallet-binding is an operation on Patient, not {resource_type}"
+            "{operation} is an operation on Patient, not {resource_type}"
         )));
     }
     Ok(())
@@ -62,7 +65,7 @@ pub async fn prepare_binding(
     Query(query): Query<BindingQuery>,
     negotiated: Negotiated,
 ) -> Result<Response, ApiError> {
-    only_patient(&resource_type)?;
+    only_patient(&resource_type, "$wallet-binding")?;
     let address = query
         .address
         .ok_or_else(|| ApiError::BadRequest("give the wallet as ?address=0x…".into()))?;
@@ -74,6 +77,18 @@ pub async fn prepare_binding(
         negotiated,
         &parameters(vec![("typedData", prepared.typed_data.to_string())]),
     ))
+}
+
+/// The body as a `Parameters` resource; `holding` says what it must hold.
+fn parameters_body(body: &[u8], holding: &str) -> Result<Json, ApiError> {
+    let input = json::parse(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    if input.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
+        return Err(ApiError::BadRequest(format!(
+            "the body must be a Parameters with {holding}"
+        )));
+    }
+    Ok(input)
 }
 
 /// A `Parameters` value by name (valueString).
@@ -100,14 +115,8 @@ pub async fn bind_wallet(
     negotiated: Negotiated,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
-    only_patient(&resource_type)?;
-    let input = json::parse(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-    if input.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
-        return Err(ApiError::BadRequest(
-            "the body must be a Parameters with address and signature".into(),
-        ));
-    }
+    only_patient(&resource_type, "$wallet-binding")?;
+    let input = parameters_body(&body, "address and signature")?;
     let (Some(address), Some(signature)) =
         (parameter(&input, "address"), parameter(&input, "signature"))
     else {
@@ -151,4 +160,58 @@ pub async fn prepare(
         negotiated,
         &parameters(vec![("typedData", prepared.typed_data.to_string())]),
     ))
+}
+
+#[utoipa::path(get, path = "/fhir/Patient/{id}/$purge", tag = "consent",
+    params(("id" = String, Path, description = "The patient")),
+    responses((status = 200, description = "Parameters with typedData: the EIP-712 JSON the patient's wallet signs to ask for the erasure of their record (eth_signTypedData_v4)", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 409, description = "The erasure is recorded already (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "The patient has no bound wallet (OperationOutcome)", body = serde_json::Value), FhirErrors))]
+pub async fn prepare_purge(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    negotiated: Negotiated,
+) -> Result<Response, ApiError> {
+    only_patient(&resource_type, "$purge")?;
+    let prepared = state.repo.prepare_purge(&principal, &id).await?;
+    Ok(answer(
+        negotiated,
+        &parameters(vec![("typedData", prepared.typed_data.to_string())]),
+    ))
+}
+
+#[utoipa::path(post, path = "/fhir/Patient/{id}/$purge", tag = "consent",
+    params(("id" = String, Path, description = "The patient")),
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "Parameters: signature (0x-hex, 65 bytes), the patient's wallet's signature of the prepared erasure"),
+    responses((status = 200, description = "Erased: Parameters with txHash and blockNumber of the on-chain record (or erasedAt, when it was recorded before), resources, versions and blobs erased", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 403, description = "Not a custodian client (OperationOutcome)", body = serde_json::Value),
+        (status = 409, description = "Nothing prepared matches (used, expired) (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "Signed by another key, or the contract refused (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+pub async fn purge(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    negotiated: Negotiated,
+    FhirBody(body): FhirBody,
+) -> Result<Response, ApiError> {
+    only_patient(&resource_type, "$purge")?;
+    let input = parameters_body(&body, "signature")?;
+    let Some(signature) = parameter(&input, "signature") else {
+        return Err(ApiError::BadRequest(
+            "the Parameters need signature (valueString, 0x-hex)".into(),
+        ));
+    };
+    let purged = state.repo.purge(&principal, &id, signature).await?;
+    let mut values = match purged.recorded {
+        Recorded::Now(relayed) => vec![
+            ("txHash", relayed.tx_hash.to_string()),
+            ("blockNumber", relayed.block_number.to_string()),
+        ],
+        Recorded::Before { at } => vec![("erasedAt", at.to_string())],
+    };
+    values.push(("resources", purged.erased.resources.len().to_string()));
+    values.push(("versions", purged.erased.versions.to_string()));
+    values.push(("blobs", purged.erased.cids.len().to_string()));
+    Ok(answer(negotiated, &parameters(values)))
 }

@@ -321,7 +321,7 @@ fn entry(version: &ResourceVersion, base: &BaseUrl) -> Json {
         Method::Create => ("POST", record.resource_type.clone(), "201 Created"),
         Method::Update if record.version == 1 => ("PUT", relative.clone(), "201 Created"),
         Method::Update => ("PUT", relative.clone(), "200 OK"),
-        Method::Delete => ("DELETE", relative.clone(), "204 No Content"),
+        Method::Delete | Method::Erase => ("DELETE", relative.clone(), "204 No Content"),
     };
     let mut entry = object([("fullUrl", Json::str(format!("{}/{relative}", base.0)))]);
     let Some(fields) = entry.as_object_mut() else {

@@ -87,6 +87,13 @@ pub fn router(state: HttpState) -> Router {
                 "GET, POST",
             ),
         )
+        .route(
+            "/{type}/{id}/$purge",
+            only(
+                get(consent::prepare_purge).post(consent::purge),
+                "GET, POST",
+            ),
+        )
         .route("/{type}/_history", only(get(history::type_level), "GET"))
         .route(
             "/{type}/{id}",

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,6 +16,7 @@ use base64::Engine;
 use super::HttpState;
 use super::negotiate::BaseUrl;
 use super::principal::bearer;
+use crate::audit::{Agent, Touched};
 use crate::auth::server::{Begun, Endpoints, Pending, smart_configuration};
 use crate::auth::{AuthError, Principal, Scopes};
 
@@ -214,11 +216,39 @@ async fn authorize(state: &HttpState, base: &BaseUrl, params: HashMap<String, St
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "session, username, password"),
     responses((status = 200, description = "The approval page, or the login page again (HTML)")),
     security(()))]
-pub async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn login(
+    State(state): State<HttpState>,
+    touched: Option<Extension<Touched>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fields = form(&body);
     let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
     let session = field("session");
     let browser = browser_secret(&headers);
+    // The sign-in's AuditEvent names the user who tried and the app they signed in to.
+    let note = |pending: &Pending, signed_in: bool| {
+        let Some(Extension(touched)) = &touched else {
+            return;
+        };
+        touched.set_agent(Agent {
+            client_id: pending.client_id.clone(),
+            fhir_user: pending.fhir_user.clone().filter(|_| signed_in),
+            subject: field("username").to_owned(),
+            break_glass: None,
+        });
+        if !signed_in {
+            touched.refused();
+        }
+        if let Some(patient) = pending
+            .fhir_user
+            .as_deref()
+            .filter(|_| signed_in)
+            .and_then(|user| user.strip_prefix("Patient/"))
+        {
+            touched.judged(format!("Patient/{patient}"), &[patient.to_owned()], true);
+        }
+    };
     match state
         .auth
         .login(
@@ -229,9 +259,13 @@ pub async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Byt
         )
         .await
     {
-        Ok(Some((renewed, pending))) => pages::approve(&renewed, &pending),
+        Ok(Some((renewed, pending))) => {
+            note(&pending, true);
+            pages::approve(&renewed, &pending)
+        }
         Ok(None) => match state.auth.pending(session).await {
             Ok(Some(pending)) => {
+                note(&pending, false);
                 pages::login(session, &pending, Some("Wrong username or password."))
             }
             _ => pages::error(
@@ -277,14 +311,76 @@ pub async fn approve(State(state): State<HttpState>, headers: HeaderMap, body: B
 pub async fn token(
     State(state): State<HttpState>,
     base: BaseUrl,
+    touched: Option<Extension<Touched>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let client = ClientRequest::read(&headers, &body);
-    answer(
-        StatusCode::OK,
-        state.auth.token(&base.0, &client.form, client.basic).await,
-    )
+    let answered = state
+        .auth
+        .token(&base.0, &client.form, client.basic.clone())
+        .await;
+    if let Some(Extension(touched)) = touched {
+        note_token_request(&touched, &client, &answered);
+    }
+    answer(StatusCode::OK, answered)
+}
+
+/// Tells the token request's AuditEvent who asked: the issued token's client and user (and
+/// its patient, so the patient sees which app got access to their record), or, for a refusal,
+/// the client the request claimed to be.
+fn note_token_request(
+    touched: &Touched,
+    client: &ClientRequest,
+    answered: &Result<serde_json::Value, AuthError>,
+) {
+    let issued = answered
+        .as_ref()
+        .ok()
+        .and_then(|body| body["access_token"].as_str())
+        .and_then(unverified_claims);
+    let agent = match &issued {
+        Some(claims) => Agent {
+            client_id: claims["client_id"].as_str().unwrap_or_default().to_owned(),
+            fhir_user: claims["fhirUser"].as_str().map(str::to_owned),
+            subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            break_glass: None,
+        },
+        None => {
+            let claimed = client
+                .basic
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .or_else(|| client.form.get("client_id").cloned())
+                .or_else(|| {
+                    let assertion = client.form.get("client_assertion")?;
+                    unverified_claims(assertion)?["iss"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            Agent {
+                client_id: claimed.clone(),
+                fhir_user: None,
+                subject: claimed,
+                break_glass: None,
+            }
+        }
+    };
+    touched.set_agent(agent);
+    if let Some(patient) = issued.as_ref().and_then(|c| c["patient"].as_str()) {
+        touched.judged(format!("Patient/{patient}"), &[patient.to_owned()], true);
+    }
+}
+
+/// The claims of a JWT, without checking its signature: only for describing a request in its
+/// AuditEvent (a token this server just issued, or the issuer a refused assertion names).
+fn unverified_claims(jwt: &str) -> Option<serde_json::Value> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[utoipa::path(post, path = "/auth/introspect", tag = "authorization",

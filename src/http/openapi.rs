@@ -134,6 +134,8 @@ pub enum BodyErrors {
         consent::prepare_binding,
         consent::bind_wallet,
         consent::prepare,
+        consent::prepare_purge,
+        consent::purge,
         audit::verify,
         reindex::start,
         reindex::status,

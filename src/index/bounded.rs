@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Candidate, CandidateQuery, Commit, HistoryQuery, IndexError, IndexStore, Record, Searchable,
-    VersionRecord,
+    Candidate, CandidateQuery, Commit, Erased, HistoryQuery, IndexError, IndexStore, Record,
+    Searchable, VersionRecord,
 };
 use crate::metrics;
 
@@ -115,6 +115,11 @@ impl IndexStore for Bounded {
             self.inner.insert_data_key(owner, wrapped),
         )
         .await
+    }
+
+    async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError> {
+        self.run("erase_patient", self.inner.erase_patient(patient, now))
+            .await
     }
 
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {

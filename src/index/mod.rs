@@ -24,6 +24,9 @@ pub enum Method {
     Create,
     Update,
     Delete,
+    /// The resource was erased with its patient's record (`IndexStore::erase_patient`): a
+    /// delete whose earlier versions are gone for good.
+    Erase,
 }
 
 /// One version of one resource.
@@ -56,8 +59,48 @@ pub struct VersionRecord {
 
 impl VersionRecord {
     pub fn deleted(&self) -> bool {
-        self.method == Method::Delete
+        matches!(self.method, Method::Delete | Method::Erase)
     }
+
+    /// The last version of a resource erased with its patient's record: no content, made
+    /// current at `now`; its patients stay, so they (and whoever they granted) are told it is
+    /// gone (410) rather than refused.
+    pub fn erasure_of(current: &VersionRecord, now: i64) -> Commit {
+        Commit {
+            record: VersionRecord {
+                resource_type: current.resource_type.clone(),
+                id: current.id.clone(),
+                version: current.version + 1,
+                last_updated: now.max(current.last_updated + 1),
+                superseded_at: None,
+                method: Method::Erase,
+                cid: None,
+                digest: None,
+                key_owner: None,
+                patients: current.patients.clone(),
+                batch_entry: None,
+            },
+            replaces: Some(current.version),
+            searchable: Searchable::default(),
+        }
+    }
+}
+
+/// What erasing a patient's record removed from the index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// The resources whose current version was sealed under the destroyed key, each now ending
+    /// in an `Erase` version, as (type, id).
+    pub resources: Vec<(String, String)>,
+    /// How many version rows were removed.
+    pub versions: usize,
+    /// The blobs of those versions, which nothing references any more (to unpin).
+    pub cids: Vec<String>,
+}
+
+/// The owner whose data key seals a patient's record.
+pub fn patient_owner(patient: &str) -> String {
+    format!("Patient/{patient}")
 }
 
 /// What a version can be found by. The index keeps both parts without reading them: `keys`
@@ -233,6 +276,15 @@ pub trait IndexStore: Send + Sync {
     /// Stores `wrapped` as `owner`'s data key unless one exists; returns the key that holds
     /// (so two replicas racing to create a key agree on one).
     async fn insert_data_key(&self, owner: &str, wrapped: Vec<u8>) -> Result<Vec<u8>, IndexError>;
+
+    /// Erases Patient `patient`'s record from the index, the index's half of crypto-shredding:
+    /// their data key (`patient_owner`) is replaced by an empty value, which the vault reads
+    /// as destroyed and which `insert_data_key` never replaces, so nothing is sealed or opened
+    /// under it again; every version sealed under it loses its row, search entries and keys;
+    /// every resource whose current version was one of them gets a last version
+    /// (`VersionRecord::erasure_of` at `now`), so it reads as gone and its id is never reused.
+    /// Idempotent: a second call (after a crash, say) finishes what the first left.
+    async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError>;
 
     /// Whether any version references `cid` (the sweeper's question).
     async fn references(&self, cid: &str) -> Result<bool, IndexError>;

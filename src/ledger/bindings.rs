@@ -63,6 +63,14 @@ pub mod typed {
             uint256 nonce;
             uint256 deadline;
         }
+
+        /// The patient's request that their record be erased (`recordErasure`).
+        #[derive(Debug)]
+        struct Erase {
+            bytes32 patient;
+            uint256 nonce;
+            uint256 deadline;
+        }
     }
 }
 

@@ -66,6 +66,25 @@ struct State {
     heard_at: Option<Instant>,
     /// Grants granted or revoked since the last `take_changed`, oldest first.
     changed: Vec<B256>,
+    /// Patients whose erasure was recorded (`Erased`), and when (seconds).
+    erased: HashMap<B256, u64>,
+    /// Patients erased since the last `take_changed`.
+    newly_erased: Vec<B256>,
+}
+
+/// What the chain changed since the last `take_changed`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Grants granted or revoked, oldest first, each once.
+    pub grants: Vec<B256>,
+    /// Patients whose erasure was recorded.
+    pub erased: Vec<B256>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty() && self.erased.is_empty()
+    }
 }
 
 /// The key of the grant for every type (`*`), made once: every decision looks it up.
@@ -148,14 +167,23 @@ impl ConsentCache {
         grants
     }
 
-    /// The grants granted or revoked since the last call, oldest first, each once.
-    pub fn take_changed(&self) -> Vec<B256> {
+    /// What changed since the last call: grants granted or revoked (oldest first, each
+    /// once) and patients erased.
+    pub fn take_changed(&self) -> Changes {
         let Ok(mut state) = self.state.write() else {
-            return Vec::new();
+            return Changes::default();
         };
         let mut seen = std::collections::HashSet::new();
         let changed = std::mem::take(&mut state.changed);
-        changed.into_iter().filter(|g| seen.insert(*g)).collect()
+        Changes {
+            grants: changed.into_iter().filter(|g| seen.insert(*g)).collect(),
+            erased: std::mem::take(&mut state.newly_erased),
+        }
+    }
+
+    /// When `patient`'s erasure was recorded on chain (seconds), if it was.
+    pub fn erased_at(&self, patient: B256) -> Option<u64> {
+        self.state.read().ok()?.erased.get(&patient).copied()
     }
 
     /// How long ago the chain was last heard from.
@@ -251,6 +279,12 @@ impl State {
                             self.permissions.remove(&slot);
                         }
                     }
+                }
+            }
+            Some(&t) if t == ConsentRegistry::Erased::SIGNATURE_HASH => {
+                if let Ok(e) = ConsentRegistry::Erased::decode_log(log) {
+                    self.erased.insert(e.patient, e.at);
+                    self.newly_erased.push(e.patient);
                 }
             }
             Some(&t) if t == ConsentRegistry::BreakGlass::SIGNATURE_HASH => {

@@ -46,7 +46,7 @@ fn parse(body: &[u8]) -> Result<Json, RepoError> {
 }
 
 impl Repository {
-    fn consent_in_force(&self) -> Result<&Consent, RepoError> {
+    pub(super) fn consent_in_force(&self) -> Result<&Consent, RepoError> {
         self.consent()
             .map(|c| c.as_ref())
             .ok_or_else(|| RepoError::Unavailable {
@@ -56,7 +56,7 @@ impl Repository {
     }
 
     /// Only the patient themself or a custodian acts for a patient's consent.
-    fn may_act_for(principal: &Principal, patient_id: &str) -> Result<(), RepoError> {
+    pub(super) fn may_act_for(principal: &Principal, patient_id: &str) -> Result<(), RepoError> {
         if principal.custodian || principal.own_patient() == Some(patient_id) {
             return Ok(());
         }
@@ -98,7 +98,7 @@ impl Repository {
         Ok((wallet, relayed))
     }
 
-    async fn require_patient(&self, patient_id: &str) -> Result<(), RepoError> {
+    pub(super) async fn require_patient(&self, patient_id: &str) -> Result<(), RepoError> {
         crate::fhir::resource::check_id(patient_id)?;
         match self.index.current("Patient", patient_id).await? {
             Some(record) if !record.deleted() => Ok(()),
@@ -258,6 +258,10 @@ impl Repository {
         let Some(grant) = consent.cache().grant(grant_id) else {
             return Ok(None);
         };
+        if consent.cache().erased_at(grant.patient).is_some() {
+            // The patient's record is erased: nothing of it is written again.
+            return Ok(None);
+        }
         let Some(patient_id) = consent.patient_id_of(grant.patient).await? else {
             // Bound by another server sharing the registry: not a patient of this one.
             return Ok(None);

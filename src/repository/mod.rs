@@ -17,6 +17,7 @@
 mod audit;
 mod authorize;
 pub mod consent;
+pub mod erase;
 mod error;
 mod read;
 pub mod reindex;

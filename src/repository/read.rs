@@ -41,11 +41,20 @@ impl Repository {
         self.require_interaction(principal, Permission::Read, Some(resource_type))
             .await?;
         resource::check_id(id)?;
-        let record = self
+        let Some(record) = self
             .index
             .version(resource_type.as_str(), id, version)
             .await?
-            .ok_or_else(|| RepoError::not_found(resource_type, id, Some(version)))?;
+        else {
+            // An erased record's versions are gone for good: 410, like the resource itself.
+            let current = self.index.current(resource_type.as_str(), id).await?;
+            return Err(match current {
+                Some(c) if c.method == crate::index::Method::Erase && version < c.version => {
+                    RepoError::Erased
+                }
+                _ => RepoError::not_found(resource_type, id, Some(version)),
+            });
+        };
         self.open_for(principal, Permission::Read, record).await
     }
 

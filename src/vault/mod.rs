@@ -71,9 +71,14 @@ pub struct Vault {
     master: MasterKey,
     /// The key store: the IndexStore (bounded by the backend timeout where `app` builds it).
     keys: Arc<dyn IndexStore>,
-    /// Unwrapped data keys by owner: unwrapping costs an AEAD open and an index read.
-    cache: RwLock<HashMap<String, Arc<DataKey>>>,
+    /// Unwrapped data keys by owner, with when each was read: unwrapping costs an AEAD open
+    /// and an index read. An entry is read again after `KEY_RECHECK`, so a key destroyed by
+    /// another replica (an erasure) stops being used here within that time.
+    cache: RwLock<HashMap<String, (Arc<DataKey>, std::time::Instant)>>,
 }
+
+/// How long an unwrapped data key is used before the store is asked whether it still exists.
+const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One owner's data key, ready to seal with (as `Vault::seal` does); wiped when dropped.
 #[derive(Clone)]
@@ -169,8 +174,18 @@ impl Vault {
         .await
     }
 
+    /// Forgets `owner`'s key here at once (it was just destroyed in the store).
+    pub fn forget(&self, owner: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(owner);
+        }
+    }
+
     async fn data_key(&self, owner: &str, create: bool) -> Result<Arc<DataKey>, VaultError> {
-        if let Some(key) = self.cache.read().ok().and_then(|c| c.get(owner).cloned()) {
+        let cached = self.cache.read().ok().and_then(|c| c.get(owner).cloned());
+        if let Some((key, read_at)) = cached
+            && read_at.elapsed() < KEY_RECHECK
+        {
             return Ok(key);
         }
         let wrapped = match self.keys.data_key(owner).await? {
@@ -184,13 +199,18 @@ impl Vault {
             }
             None => return Err(VaultError::KeyDestroyed(owner.to_owned())),
         };
+        // An erased owner's key is an empty value, never replaced by a new one.
+        if wrapped.is_empty() {
+            self.forget(owner);
+            return Err(VaultError::KeyDestroyed(owner.to_owned()));
+        }
         let raw = self
             .master
             .unwrap(owner, &wrapped)
             .ok_or(VaultError::Tampered)?;
         let key = Arc::new(DataKey(raw));
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(owner.to_owned(), key.clone());
+            cache.insert(owner.to_owned(), (key.clone(), std::time::Instant::now()));
         }
         Ok(key)
     }

@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod services;
+pub mod wallet;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

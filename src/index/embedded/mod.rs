@@ -33,8 +33,8 @@ use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Candidate, CandidateQuery, Commit, HistoryQuery, IndexError, IndexStore, Record, Searchable,
-    VersionRecord,
+    Candidate, CandidateQuery, Commit, Erased, HistoryQuery, IndexError, IndexStore, Record,
+    Searchable, VersionRecord,
 };
 pub use at_rest::AtRestKey;
 use writer::{RecordOp, WriteOp, run_writer};
@@ -297,6 +297,23 @@ impl IndexStore for EmbeddedIndex {
         let owner = owner.to_owned();
         self.write(move |txn| writer::apply_insert_key(txn, &owner, &wrapped))
             .await
+    }
+
+    async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError> {
+        let owner = super::patient_owner(patient);
+        let search = self.search.clone();
+        let durable: writer::AfterDurable<Erased> = Box::new(move |erased: &Erased| {
+            if let Ok(mut index) = search.write() {
+                for (rt, id) in &erased.resources {
+                    index.set(rt, id, &[]);
+                }
+            }
+        });
+        self.write_then(
+            move |txn| writer::apply_erase_patient(txn, &owner, now),
+            Some(durable),
+        )
+        .await
     }
 
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {

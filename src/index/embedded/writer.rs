@@ -11,7 +11,7 @@ use super::{
     CIDS, CURRENT, CURRENT_KEYS, DATA_KEYS, ENTRIES, HISTORY, INDEXED_WITH, RECORDS, StoredVersion,
     TYPE_HISTORY, UNREFERENCED, VERSIONS, decode, decode_record, unavailable,
 };
-use crate::index::{Commit, IndexError, Record};
+use crate::index::{Commit, Erased, IndexError, Record};
 
 /// Most operations folded into one transaction; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -385,4 +385,86 @@ pub(super) fn apply_purge_expired(txn: &WriteTransaction, now: i64) -> Result<us
             .map_err(unavailable)?;
     }
     Ok(expired.len())
+}
+
+/// `IndexStore::erase_patient` inside one transaction: the key destroyed, every version sealed
+/// under it removed, each resource whose current version was one of them ended by an erasure
+/// version. (A scan of every version row: erasures are rare, and no table is keyed by owner.)
+pub(super) fn apply_erase_patient(
+    txn: &WriteTransaction,
+    owner: &str,
+    now: i64,
+) -> Result<Erased, IndexError> {
+    txn.open_table(DATA_KEYS)
+        .map_err(unavailable)?
+        .insert(owner, [].as_slice())
+        .map_err(unavailable)?;
+    let mut sealed_under: Vec<crate::index::VersionRecord> = Vec::new();
+    {
+        let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+        for row in versions.iter().map_err(unavailable)? {
+            let (_, value) = row.map_err(unavailable)?;
+            let record = decode(value.value())?.record;
+            if record.key_owner.as_deref() == Some(owner) {
+                sealed_under.push(record);
+            }
+        }
+    }
+    let mut erased = Erased::default();
+    let mut tables = Tables::open(txn)?;
+    // First the erasure versions (each marks the version it ends superseded), then the rows.
+    for record in &sealed_under {
+        let (rt, id) = (record.resource_type.as_str(), record.id.as_str());
+        let current = tables
+            .current
+            .get((rt, id))
+            .map_err(unavailable)?
+            .map(|v| v.value());
+        if current == Some(record.version) {
+            let end = crate::index::VersionRecord::erasure_of(record, now);
+            let none = SealedSearch {
+                entries: Vec::new(),
+                keys: Vec::new(),
+                registry: 0,
+            };
+            tables.apply(&end, &none)?;
+            // An erased resource has no search entries or keys at all.
+            tables
+                .entries
+                .remove((rt, id, end.record.version))
+                .map_err(unavailable)?;
+            tables.current_keys.remove((rt, id)).map_err(unavailable)?;
+            tables.indexed.remove((rt, id)).map_err(unavailable)?;
+            erased.resources.push((rt.to_owned(), id.to_owned()));
+        }
+    }
+    for record in &sealed_under {
+        let (rt, id, version) = (
+            record.resource_type.as_str(),
+            record.id.as_str(),
+            record.version,
+        );
+        tables
+            .versions
+            .remove((rt, id, version))
+            .map_err(unavailable)?;
+        tables
+            .entries
+            .remove((rt, id, version))
+            .map_err(unavailable)?;
+        tables
+            .history
+            .remove((record.last_updated, rt, id, version))
+            .map_err(unavailable)?;
+        tables
+            .type_history
+            .remove((rt, record.last_updated, id, version))
+            .map_err(unavailable)?;
+        if let Some(cid) = &record.cid {
+            tables.cids.remove(cid.as_str()).map_err(unavailable)?;
+            erased.cids.push(cid.clone());
+        }
+        erased.versions += 1;
+    }
+    Ok(erased)
 }

@@ -40,8 +40,8 @@ use documents::{
 };
 
 use super::{
-    Candidate, CandidateQuery, Commit, HistoryQuery, HistoryScope, IndexError, IndexStore, Record,
-    Searchable, VersionRecord, as_equality,
+    Candidate, CandidateQuery, Commit, Erased, HistoryQuery, HistoryScope, IndexError, IndexStore,
+    Record, Searchable, VersionRecord, as_equality,
 };
 
 const DEFAULT_DATABASE: &str = "intellihealth";
@@ -476,6 +476,59 @@ impl IndexStore for MongoIndex {
                 .ok_or_else(|| IndexError::Corrupt(format!("the data key of {owner} vanished"))),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError> {
+        // Not one transaction (a record may have thousands of versions): steps in an order that
+        // a crash between any two leaves safe, and a second call completes. The key first, so
+        // nothing is opened or sealed under it from then on.
+        let owner = super::patient_owner(patient);
+        let destroyed = KeyDoc {
+            owner: owner.clone(),
+            wrapped: binary(&[]),
+        };
+        self.data_keys
+            .replace_one(doc! {"_id": &owner}, destroyed)
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        // The (patients, last_updated) index finds the record's versions: the owner of a data
+        // key is always among the patients of what it seals.
+        let sealed_under = doc! {"patients": patient, "key_owner": &owner};
+        let versions: Vec<VersionRecord> = self
+            .versions
+            .find(sealed_under.clone())
+            .await
+            .map_err(unavailable)?
+            .try_collect::<Vec<VersionDoc>>()
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(VersionDoc::into_record)
+            .collect();
+        let mut erased = Erased::default();
+        let mut ends = Vec::new();
+        for record in versions.iter().filter(|r| r.superseded_at.is_none()) {
+            let current = self.current(&record.resource_type, &record.id).await?;
+            if current.as_ref().map(|c| c.version) == Some(record.version) {
+                ends.push(VersionRecord::erasure_of(record, now));
+                erased
+                    .resources
+                    .push((record.resource_type.clone(), record.id.clone()));
+            }
+        }
+        // The erasure versions, then the rows they end (a delete's superseded_at is set on
+        // the row it replaces, which must still be there).
+        for chunk in ends.chunks(500) {
+            self.commit_all(chunk.to_vec(), Vec::new()).await?;
+        }
+        self.versions
+            .delete_many(sealed_under)
+            .await
+            .map_err(unavailable)?;
+        erased.versions = versions.len();
+        erased.cids = versions.into_iter().filter_map(|r| r.cid).collect();
+        Ok(erased)
     }
 
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {

@@ -1,0 +1,73 @@
+//! A patient's wallet in the black-box tests: a random key whose EIP-712 signatures are made
+//! by eth-account (Python, a wallet library that is not this project's), and the binding of
+//! that wallet to a patient through the server's API.
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::json;
+
+use super::actors::{Api, Reply};
+
+const SIGN: &str = r#"
+import json, sys
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+typed = json.loads(sys.stdin.read())
+signed = Account.sign_message(encode_typed_data(full_message=typed), sys.argv[1])
+print("0x" + bytes(signed.signature).hex())
+"#;
+
+/// eth-account's signature of `typed_data` (the JSON the server gave) with `key`.
+pub fn sign_with_eth_account(typed_data: &str, key: &str) -> String {
+    let output = super::python(&["-c", SIGN, key], typed_data);
+    assert!(
+        output.status.success(),
+        "eth-account: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+pub struct Wallet {
+    pub key: String,
+    pub address: Address,
+}
+
+pub fn wallet() -> Wallet {
+    let signer = PrivateKeySigner::random();
+    Wallet {
+        key: alloy::hex::encode_prefixed(signer.to_bytes()),
+        address: signer.address(),
+    }
+}
+
+/// The `typedData` of a `Parameters` answer.
+pub fn typed_data(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "typed data: {}", reply.body);
+    reply.body["parameter"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "typedData"))
+        .and_then(|p| p["valueString"].as_str())
+        .unwrap_or_else(|| panic!("no typedData: {}", reply.body))
+        .to_owned()
+}
+
+/// Binds `wallet` to `patient` through the API, signed by eth-account.
+pub async fn bind(api: &Api, patient: &str, wallet: &Wallet) -> Reply {
+    let typed = typed_data(
+        &api.get(&format!(
+            "Patient/{patient}/$wallet-binding?address={}",
+            wallet.address
+        ))
+        .await,
+    );
+    let signature = sign_with_eth_account(&typed, &wallet.key);
+    api.post(
+        &format!("Patient/{patient}/$wallet-binding"),
+        &json!({"resourceType": "Parameters", "parameter": [
+            {"name": "address", "valueString": wallet.address.to_string()},
+            {"name": "signature", "valueString": signature},
+        ]}),
+    )
+    .await
+}
