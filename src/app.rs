@@ -285,6 +285,20 @@ where
 /// Builds the state the router serves.
 pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     let stores = open_stores(config).await?;
+    let replica = config.replica.clone().unwrap_or_else(replica_name);
+    // Before this replica writes anything: what its previous process left open would hold the
+    // replica's own records (its audit trail above all) until the store gave up on it.
+    let aborted = stores
+        .index
+        .recover_abandoned(&replica)
+        .await
+        .map_err(|e| StartupError::Index(e.to_string()))?;
+    if aborted > 0 {
+        tracing::warn!(
+            sessions = aborted,
+            "aborted what the previous process of this replica left open"
+        );
+    }
     if let Some(dir) = &config.search_parameters {
         let files =
             crate::repository::reindex::read_parameter_files(dir).map_err(StartupError::Search)?;
@@ -304,9 +318,7 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
     let consent = open_consent(config, &stores, ledger.clone()).await?;
     stores.repo.enforce_consent(consent);
     if config.audit {
-        let source = crate::audit::Source {
-            replica: config.replica.clone().unwrap_or_else(replica_name),
-        };
+        let source = crate::audit::Source { replica };
         let anchoring = crate::ledger::anchor::Anchoring::open(
             ledger,
             stores.index.clone(),

@@ -365,24 +365,19 @@ async fn every_interaction_is_audited_on_the_embedded_profile() {
     the_audit_trail_holds(Profile::Embedded).await;
 }
 
-/// `kill -9` in the middle of a load of reads: every read that was answered has its
-/// AuditEvent after the restart, and the patient's chain is still complete and goes on.
-#[tokio::test(flavor = "multi_thread")]
-async fn no_answered_read_loses_its_audit_event_to_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let started = start(dir.path(), &Profile::Embedded, &[]).await;
-    let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
-    let (observation, _) = seed(&a.custodian).await;
+/// Reads of `observation` by 8 readers until the server stops answering; how many were
+/// answered 200.
+async fn read_until_killed(reader: &Api, observation: &str, kill_after: Duration) -> (usize, ()) {
     let answered = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..8)
         .map(|_| {
-            let (custodian, observation, answered) =
-                (a.custodian.clone(), observation.clone(), answered.clone());
+            let (reader, observation, answered) =
+                (reader.clone(), observation.to_owned(), answered.clone());
             tokio::spawn(async move {
-                for _ in 0..40 {
+                loop {
                     let reply = reqwest::Client::new()
-                        .get(format!("{}/{observation}", custodian.base))
-                        .bearer_auth(&custodian.token)
+                        .get(format!("{}/{observation}", reader.base))
+                        .bearer_auth(&reader.token)
                         .timeout(Duration::from_secs(5))
                         .send()
                         .await;
@@ -396,29 +391,72 @@ async fn no_answered_read_loses_its_audit_event_to_kill_9() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = started.kill();
-    for reader in readers {
-        let _ = reader.await;
-    }
-    let answered = answered.load(Ordering::SeqCst);
-    assert!(answered > 0, "no read was answered before the kill");
-    eprintln!("{answered} reads answered before kill -9");
+    tokio::time::sleep(kill_after).await;
+    (answered.load(Ordering::SeqCst), drop(readers))
+}
 
-    let restarted = killed.restart(dir.path());
-    let b = actors(
-        &restarted.server,
-        &restarted.issuer,
-        &restarted.outsider_secret,
-    )
-    .await;
+/// Every AuditEvent the server holds, through the search's `next` links.
+async fn every_event(api: &Api) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut path = "AuditEvent?_count=500".to_owned();
+    loop {
+        let page = api.get(&path).await;
+        all.extend(events(&page));
+        let next = page.body["link"].as_array().and_then(|links| {
+            links
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(str::to_owned)
+        });
+        match next {
+            Some(url) => path = url.trim_start_matches(&format!("{}/", api.base)).to_owned(),
+            None => return all,
+        }
+    }
+}
+
+/// `kill -9` three times in the middle of a load of reads, the anchoring running every 50 ms:
+/// every read that was answered has its AuditEvent after the restarts, the patient's chain is
+/// complete and goes on, and the anchors on chain cover the replica's numbers 0..n one after
+/// the other, none twice and none left out.
+async fn kill_9_loses_nothing_and_anchors_nothing_twice(profile: Profile) {
+    let dir = tempfile::tempdir().unwrap();
+    let anchoring = vec![(
+        "INTELLIHEALTH_ANCHOR_INTERVAL_MS".to_owned(),
+        "50".to_owned(),
+    )];
+    let mut started = start(dir.path(), &profile, &anchoring).await;
+    let a = actors(&started.server, &started.issuer, &started.outsider_secret).await;
+    let (observation, _) = seed(&a.custodian).await;
+    let mut answered = 0;
+    for cycle in 0..3u64 {
+        let custodian = Api {
+            base: started.server.base_url.clone(),
+            token: started.server.token().await,
+            extra: Vec::new(),
+        };
+        let (reads, ()) = read_until_killed(
+            &custodian,
+            &observation,
+            Duration::from_millis(250 + 150 * cycle),
+        )
+        .await;
+        let killed = started.kill();
+        answered += reads;
+        started = killed.restart(dir.path());
+    }
+    assert!(answered > 0, "no read was answered before the kills");
+    eprintln!("{answered} reads answered before three kill -9");
+
+    let b = actors(&started.server, &started.issuer, &started.outsider_secret).await;
     assert_eq!(b.custodian.get(&observation).await.status, 200);
     let mine = patients_events(&b.patient, "p1").await;
     let reads = mine
         .iter()
         .filter(|e| subtype(e) == "read" && names(e, &observation) && e["outcome"] == "0")
         .count();
-    // Every answered read, and the one after the restart; reads cut off by the kill may be
+    // Every answered read, and the one after the restart; reads cut off by a kill may be
     // there too (audited, then not answered), never fewer.
     assert!(
         reads > answered,
@@ -426,6 +464,53 @@ async fn no_answered_read_loses_its_audit_event_to_kill_9() {
     );
     let (complete, report) = verify_chain("p1", &mine);
     assert!(complete, "{report}");
+
+    // The anchors, walked from number 0: each starts where the one before ended.
+    let all = every_event(&b.custodian).await;
+    let by_sequence: std::collections::HashMap<u64, String> = all
+        .iter()
+        .filter_map(|e| {
+            let (_, seq, _) = intellihealth::audit::trail::place_of(e)?;
+            Some((seq, e["id"].as_str()?.to_owned()))
+        })
+        .collect();
+    let newest = *by_sequence.keys().max().unwrap();
+    assert_eq!(
+        by_sequence.len() as u64,
+        newest + 1,
+        "the numbering has a gap"
+    );
+    anchored(&b.custodian, &by_sequence[&newest]).await;
+    let mut next = 0;
+    let mut anchors = 0;
+    while next <= newest {
+        let parameters = anchored(&b.custodian, &by_sequence[&next]).await;
+        let number = |name: &str| {
+            parameter(&parameters, name)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert_eq!(
+            number("firstSeq"),
+            next,
+            "an anchor does not start where the last ended"
+        );
+        assert!(number("count") > 0);
+        next += number("count");
+        anchors += 1;
+    }
+    eprintln!("{} AuditEvents in {anchors} anchors", newest + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loses_no_audit_event_and_anchors_none_twice_on_the_embedded_profile() {
+    kill_9_loses_nothing_and_anchors_nothing_twice(Profile::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loses_no_audit_event_and_anchors_none_twice_on_the_services_profile() {
+    kill_9_loses_nothing_and_anchors_nothing_twice(Profile::services("audit-kill")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,6 +122,11 @@ impl IndexStore for Bounded {
             .await
     }
 
+    async fn recover_abandoned(&self, owner: &str) -> Result<usize, IndexError> {
+        self.run("recover_abandoned", self.inner.recover_abandoned(owner))
+            .await
+    }
+
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {
         self.run("references", self.inner.references(cid)).await
     }

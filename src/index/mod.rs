@@ -286,6 +286,13 @@ pub trait IndexStore: Send + Sync {
     /// Idempotent: a second call (after a crash, say) finishes what the first left.
     async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError>;
 
+    /// Aborts what an earlier process of `owner` (this server's replica name) left half done,
+    /// and marks this process as `owner`'s from now on. On MongoDB a transaction whose client
+    /// died holds its documents until the server's transaction lifetime (60 s) ends, and with
+    /// them the replica's audit trail; the embedded store's transactions die with the process,
+    /// so there it does nothing. Returns how many were aborted.
+    async fn recover_abandoned(&self, owner: &str) -> Result<usize, IndexError>;
+
     /// Whether any version references `cid` (the sweeper's question).
     async fn references(&self, cid: &str) -> Result<bool, IndexError>;
 

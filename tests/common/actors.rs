@@ -170,10 +170,12 @@ pub struct Started {
     pub outsider_secret: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub profile: Profile,
 }
 
 /// A server killed with SIGKILL, with what it takes to start it again on the same data.
 pub struct Killed {
+    profile: Profile,
     issuer: std::sync::Arc<TestIssuer>,
     outsider_secret: String,
     args: Vec<String>,
@@ -187,6 +189,7 @@ impl Started {
         let credentials = self.server.credentials().clone();
         self.server.kill();
         Killed {
+            profile: self.profile,
             issuer: self.issuer,
             outsider_secret: self.outsider_secret,
             args: self.args,
@@ -197,10 +200,10 @@ impl Started {
 }
 
 impl Killed {
-    /// Starts the server again on `dir` (the embedded profile), as it was started.
+    /// Starts the server again on `dir`, as it was started.
     pub fn restart(self, dir: &Path) -> Started {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let server = Spawned::with_env(dir, &args, &Profile::Embedded, None, &self.env)
+        let server = Spawned::with_env(dir, &args, &self.profile, None, &self.env)
             .with_credentials(self.credentials)
             .ready(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("the server restarts"));
@@ -210,6 +213,7 @@ impl Killed {
             outsider_secret: self.outsider_secret,
             args: self.args,
             env: self.env,
+            profile: self.profile,
         }
     }
 }
@@ -269,5 +273,6 @@ pub async fn start(dir: &Path, profile: &Profile, ledger_env: &[(String, String)
         outsider_secret,
         args,
         env,
+        profile: profile.clone(),
     }
 }

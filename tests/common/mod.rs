@@ -272,7 +272,7 @@ impl Server {
         let body: serde_json::Value = reply.json().await.expect("a token response");
         body["access_token"]
             .as_str()
-            .expect("an access token")
+            .unwrap_or_else(|| panic!("no access token: {body}"))
             .to_owned()
     }
 

@@ -19,6 +19,7 @@ impl MongoIndex {
         records: &[Record],
     ) -> Result<(), MongoError> {
         let mut session = self.client.start_session().await?;
+        self.note_session(&session).await?;
         session.start_transaction().write_concern(durable()).await?;
         let created: Vec<_> = commits
             .iter()

@@ -15,6 +15,8 @@
 //! - `data_keys`: `_id` = owner, the wrapped data key.
 //! - `unreferenced`: `_id` = CID, `first_seen`: the sweeper's sightings.
 //! - `records`: `_id` = `kind|key`, the authorization server's small records.
+//! - `sessions`: `_id` = an owner (a server replica), `lsids`: the sessions its transactions
+//!   ran in, so its next start can abort what a crash left open (`sessions`).
 //!
 //! A commit is one multi-document transaction (majority write concern, journaled): the CAS on
 //! `current`, the new version, and `superseded_at` on the previous one; either all of it is
@@ -34,6 +36,7 @@ use mongodb::{Client, Collection, IndexModel};
 
 mod commit;
 mod documents;
+mod sessions;
 
 use documents::{
     CurrentDoc, KeyDoc, RecordDoc, VersionDoc, binary, live, record_id, resource_key, version_key,
@@ -58,6 +61,9 @@ pub struct MongoIndex {
     data_keys: Collection<KeyDoc>,
     unreferenced: Collection<Document>,
     records: Collection<RecordDoc>,
+    /// The sessions transactions ran in, by owner (see `sessions`).
+    sessions: Collection<Document>,
+    session_book: sessions::SessionBook,
     /// Where the server is, for `/health` and logs (credentials removed).
     description: String,
 }
@@ -211,6 +217,8 @@ impl MongoIndex {
             data_keys: db.collection("data_keys"),
             unreferenced: db.collection("unreferenced"),
             records: db.collection("records"),
+            sessions: db.collection("sessions"),
+            session_book: Default::default(),
             client,
             description: format!("MongoDB at {description}, database {database_name}"),
         };
@@ -529,6 +537,10 @@ impl IndexStore for MongoIndex {
         erased.versions = versions.len();
         erased.cids = versions.into_iter().filter_map(|r| r.cid).collect();
         Ok(erased)
+    }
+
+    async fn recover_abandoned(&self, owner: &str) -> Result<usize, IndexError> {
+        self.recover_sessions(owner).await
     }
 
     async fn references(&self, cid: &str) -> Result<bool, IndexError> {
