@@ -9,8 +9,8 @@
 //!    serial: each patient's link names the leaf of their previous event) and starts…
 //! 2. …the round's *storing* (search entries, sealing, one batch blob: CPU-heavy, spread over
 //!    the blocking pool by the sink), while it goes on to order the next round;
-//! 3. the *committer* commits the stored rounds strictly in order, one index commit each with
-//!    the trail's records, and answers their requests.
+//! 3. the *committer* commits the stored rounds strictly in order, every round waiting in one
+//!    index commit with the trail's records, and answers their requests.
 //!
 //! The orderer advances its trail before the round is durable. If a round fails, every later
 //! round already ordered after it is failed too (never committed: it was numbered after the
@@ -21,13 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::trail::{Records, Trail};
-use super::{AuditError, Interaction, Source, event};
+use super::trail::{Finished, Records, Trail};
+use super::{AuditError, Draft, Interaction, Source, draft};
 use crate::fhir::instant::now_millis;
-use crate::fhir::json::Json;
 use crate::index::{Commit, Record};
 
 /// Where rounds of AuditEvents go: the repository, which seals each round into one batch and
@@ -37,7 +35,7 @@ pub trait AuditSink: Records {
     /// Seals `events` (AuditEvents exactly as they will be served) into one batch blob and
     /// stores it; returns the index commits that point at it. Runs while earlier rounds are
     /// still being committed.
-    async fn store(&self, events: Vec<Json>) -> Result<Vec<Commit>, AuditError>;
+    async fn store(&self, events: Vec<Finished>) -> Result<Vec<Commit>, AuditError>;
 
     /// Commits a stored round and `records` durably, all or none. Called in round order.
     async fn commit(&self, commits: Vec<Commit>, records: Vec<Record>) -> Result<(), AuditError>;
@@ -58,8 +56,7 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 struct Waiting {
     /// The AuditEvent as the request made it (no place in the trail yet).
-    draft: Value,
-    patients: Vec<String>,
+    draft: Draft,
     done: Reply,
 }
 
@@ -102,8 +99,7 @@ impl AuditLog {
     pub async fn record(&self, interaction: Interaction) -> Result<(), AuditError> {
         let id = crate::fhir::resource::new_time_ordered_id();
         let waiting = |done| Waiting {
-            draft: event(&interaction, &id, now_millis(), &self.source),
-            patients: interaction.patients(),
+            draft: draft(&interaction, &id, now_millis(), &self.source),
             done,
         };
         let (done, stored) = oneshot::channel();
@@ -140,7 +136,7 @@ async fn order_rounds(
             .drain(..)
             .map(|w| {
                 replies.push(w.done);
-                (w.draft, w.patients)
+                w.draft
             })
             .collect();
         let trail = match &mut trail {
@@ -153,7 +149,7 @@ async fn order_rounds(
                 }
             },
         };
-        let prepared = match trail.prepare(sink.as_ref(), drafts, now_millis()).await {
+        let prepared = match trail.prepare(sink.as_ref(), drafts).await {
             Ok(prepared) => prepared,
             Err(e) => {
                 answer(replies, &Err(e.to_string()));
@@ -180,26 +176,65 @@ async fn commit_rounds(
     mut rounds: mpsc::Receiver<Ordered>,
     failures: Arc<AtomicU64>,
 ) {
-    while let Some(round) = rounds.recv().await {
-        let events = round.replies.len();
-        let outcome = if round.epoch != failures.load(Ordering::Acquire) {
-            round.stored.abort();
-            Err("an earlier round of the audit trail could not be stored".to_owned())
-        } else {
-            let committed = match round.stored.await {
-                Ok(Ok(commits)) => sink.commit(commits, round.records).await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(AuditError::Unavailable(format!("storing a round: {e}"))),
-            };
-            committed.map_err(|e| {
-                tracing::error!(events, "audit round not stored: {e}");
-                // The rounds ordered after this one are numbered after it: fail them too.
-                failures.store(round.epoch + 1, Ordering::Release);
-                e.to_string()
-            })
+    let mut waiting = Vec::with_capacity(IN_FLIGHT + 1);
+    while rounds.recv_many(&mut waiting, IN_FLIGHT + 1).await > 0 {
+        // Every round already ordered and waiting is committed with this one, in one index
+        // commit: a commit's fixed cost (a transaction, an fsync) is then shared by all of
+        // them, instead of limiting the trail to one round per commit when requests are few.
+        let mut commits = Vec::new();
+        let mut records = Vec::new();
+        let mut replies = Vec::new();
+        let mut failed = None;
+        for round in waiting.drain(..) {
+            if round.epoch != failures.load(Ordering::Acquire) {
+                // Ordered before the last failure, after the round that failed.
+                round.stored.abort();
+                let stale = "an earlier round of the audit trail could not be stored";
+                answer(round.replies, &Err(stale.to_owned()));
+                continue;
+            }
+            replies.extend(round.replies);
+            if failed.is_some() {
+                // Numbered after a round that failed here: it fails with it.
+                round.stored.abort();
+                continue;
+            }
+            match round.stored.await {
+                Ok(Ok(stored)) => {
+                    commits.extend(stored);
+                    records.extend(round.records);
+                }
+                Ok(Err(e)) => failed = Some(e),
+                Err(e) => failed = Some(AuditError::Unavailable(format!("storing a round: {e}"))),
+            }
+        }
+        if failed.is_none() && !replies.is_empty() {
+            failed = sink.commit(commits, newest_of_each(records)).await.err();
+        }
+        let outcome = match failed {
+            Some(e) => {
+                tracing::error!(events = replies.len(), "audit rounds not stored: {e}");
+                // The rounds ordered after these are numbered after them: fail them too.
+                failures.fetch_add(1, Ordering::AcqRel);
+                Err(e.to_string())
+            }
+            None => Ok(()),
         };
-        answer(round.replies, &outcome);
+        answer(replies, &outcome);
     }
+}
+
+/// The last of the records with each kind and key (a later round's trail state and heads
+/// replace an earlier one's): one write per document in the commit.
+fn newest_of_each(records: Vec<Record>) -> Vec<Record> {
+    let mut seen = std::collections::HashSet::new();
+    let mut newest: Vec<Record> = records
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert((r.kind.clone(), r.key.clone())))
+        .collect();
+    newest.reverse();
+    newest
 }
 
 fn answer(replies: Vec<Reply>, outcome: &Result<(), String>) {

@@ -17,11 +17,14 @@
 
 use std::collections::HashMap;
 
-use alloy::primitives::B256;
+use std::fmt::Write;
+
+use alloy::primitives::{B256, keccak256};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::AuditError;
+use super::jcs::write_string;
+use super::{AuditError, Draft};
 use crate::index::Record;
 
 /// The extension of an AuditEvent's place in its replica's trail.
@@ -95,10 +98,20 @@ pub struct Trail {
     heads: HashMap<String, Option<Head>>,
 }
 
-/// A round made ready: the events in their final form (stamped, extended), and the records
+/// An AuditEvent in its final form: the bytes stored, served and hashed.
+pub struct Finished {
+    pub id: String,
+    pub recorded: i64,
+    pub bytes: Vec<u8>,
+    pub patients: Vec<String>,
+    /// Its search entries under the official parameters.
+    pub entries: Vec<crate::search::entries::SearchEntry>,
+}
+
+/// A round made ready: the events in their final form (placed in the trail), and the records
 /// that must be committed with them.
 pub struct Prepared {
-    pub events: Vec<crate::fhir::json::Json>,
+    pub events: Vec<Finished>,
     pub records: Vec<Record>,
     /// What the trail becomes once they are durable.
     pub advance: Advance,
@@ -154,54 +167,62 @@ impl Trail {
         Ok(head)
     }
 
-    /// Numbers and links `events` (each with the patients it names), stamps them as stored
-    /// (`meta` version 1 at `stored_at`) and computes their leaves. Changes nothing until
-    /// `committed`: a round that fails to store leaves the trail as it was.
+    /// Numbers and links `drafts`, splices each one's place into it and computes its leaf.
+    /// Changes nothing until `committed`: a round that fails to store leaves the trail as it
+    /// was.
     pub async fn prepare(
         &mut self,
         records: &dyn Records,
-        events: Vec<(Value, Vec<String>)>,
-        stored_at: i64,
+        drafts: Vec<Draft>,
     ) -> Result<Prepared, AuditError> {
         let first = self.next;
         let mut heads: Vec<(String, Head)> = Vec::new();
-        let mut finished = Vec::with_capacity(events.len());
-        let mut leaves = Vec::with_capacity(events.len());
-        for (offset, (mut event, patients)) in events.into_iter().enumerate() {
+        let mut finished = Vec::with_capacity(drafts.len());
+        let mut leaves = Vec::with_capacity(drafts.len());
+        let mut extension = String::with_capacity(512);
+        for (offset, draft) in drafts.into_iter().enumerate() {
             let seq = first + offset as u64;
-            let mut extensions = vec![json!({"url": SEQUENCE_URL, "extension": [
-                {"url": "replica", "valueString": self.replica},
-                {"url": "sequence", "valueString": seq.to_string()},
-                {"url": "round", "valueString": first.to_string()},
-            ]})];
-            let mut links = Vec::new();
-            for patient in &patients {
+            extension.clear();
+            extension.push_str("[{\"extension\":[{\"url\":\"replica\",\"valueString\":");
+            write_string(&self.replica, &mut extension);
+            let _ = write!(
+                extension,
+                "}},{{\"url\":\"sequence\",\"valueString\":\"{seq}\"}},{{\"url\":\"round\",\
+                 \"valueString\":\"{first}\"}}],\"url\":\"{SEQUENCE_URL}\"}}"
+            );
+            let mut links = Vec::with_capacity(draft.patients.len());
+            for patient in &draft.patients {
                 let previous = match heads.iter().rev().find(|(p, _)| p == patient) {
                     Some((_, head)) => Some(*head),
                     None => self.head(records, patient).await?,
                 };
                 let index = previous.map_or(0, |h| h.index + 1);
                 let previous_leaf = previous.map_or(B256::ZERO, |h| h.leaf);
-                extensions.push(json!({"url": CHAIN_URL, "extension": [
-                    {"url": "patient", "valueReference": {"reference": format!("Patient/{patient}")}},
-                    {"url": "index", "valueString": index.to_string()},
-                    {"url": "previous", "valueString": previous_leaf.to_string()},
-                ]}));
+                extension.push_str(
+                    ",{\"extension\":[{\"url\":\"patient\",\"valueReference\":{\"reference\":",
+                );
+                write_string(&format!("Patient/{patient}"), &mut extension);
+                let _ = write!(
+                    extension,
+                    "}}}},{{\"url\":\"index\",\"valueString\":\"{index}\"}},{{\"url\":\"previous\",\
+                     \"valueString\":\"{previous_leaf}\"}}],\"url\":\"{CHAIN_URL}\"}}"
+                );
                 links.push((patient.clone(), index));
             }
-            event["extension"] = Value::Array(extensions);
-            let bytes = serde_json::to_vec(&event)
-                .map_err(|e| AuditError::Unavailable(format!("encoding an AuditEvent: {e}")))?;
-            let mut stored = crate::fhir::json::parse(&bytes)
-                .map_err(|e| AuditError::Unavailable(format!("encoding an AuditEvent: {e}")))?;
-            let id = event["id"].as_str().unwrap_or_default().to_owned();
-            crate::fhir::resource::stamp(&mut stored, &id, 1, stored_at);
-            let leaf = crate::ledger::merkle::leaf(&stored);
+            extension.push(']');
+            let bytes = draft.finish(&extension);
+            let leaf = keccak256(&bytes);
             for (patient, index) in links {
                 heads.push((patient, Head { index, leaf }));
             }
             leaves.push(leaf);
-            finished.push(stored);
+            finished.push(Finished {
+                id: draft.id,
+                recorded: draft.recorded,
+                bytes,
+                patients: draft.patients,
+                entries: draft.entries,
+            });
         }
         let next = first + finished.len() as u64;
         let replica = &self.replica;

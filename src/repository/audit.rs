@@ -10,14 +10,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::Repository;
-use crate::audit::trail::{Records, place_of};
+use crate::audit::trail::{Finished, Records, place_of};
 use crate::audit::{AUDIT_KEY_OWNER, AuditError, AuditLog, AuditSink};
-use crate::fhir::instant::now_millis;
-use crate::fhir::json::Json;
 use crate::fhir::resource::ResourceType;
 use crate::index::{Commit, Method, VersionRecord};
 use crate::ledger::anchor::{AnchorError, Anchoring, Inclusion};
-use crate::search::compartment::patient_compartment;
+use crate::search::keys::keys_of;
 use crate::vault::aad_for;
 
 impl Repository {
@@ -111,6 +109,7 @@ impl Records for Repository {
 /// An AuditEvent made ready for its round's batch: sealed, with what its index row needs.
 struct SealedEvent {
     id: String,
+    recorded: i64,
     envelope: Vec<u8>,
     digest: String,
     patients: Vec<String>,
@@ -124,28 +123,36 @@ const SEAL_CHUNK: usize = 64;
 fn seal_events(
     registry: &crate::search::params::Registry,
     sealer: &crate::vault::Sealer,
-    events: Vec<Json>,
+    events: Vec<Finished>,
 ) -> Result<Vec<SealedEvent>, AuditError> {
     let kind = ResourceType::AUDIT_EVENT;
+    // The event's own entries are the official parameters' (a test holds them to it); a
+    // custom parameter on AuditEvent needs them extracted like any resource's.
+    let customised = registry.customised(kind.as_str());
     events
         .into_iter()
         .map(|event| {
-            let id = event
-                .get("id")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let compartment = patient_compartment(kind.as_str(), &id, &event);
-            let searchable = super::searchable_now(registry, kind, &event, &compartment.patients);
-            // Already stamped as stored: the trail's leaf is of exactly these bytes.
+            let searchable = if customised {
+                let parsed = crate::fhir::json::parse(&event.bytes)
+                    .map_err(|e| failed("an AuditEvent", e))?;
+                super::searchable_now(registry, kind, &parsed, &event.patients)
+            } else {
+                crate::index::Searchable {
+                    keys: keys_of(&event.entries, &event.patients),
+                    entries: crate::search::codec::encode(&event.entries),
+                    registry: registry.fingerprint(),
+                }
+            };
+            // The trail's leaf is of exactly these bytes.
             let sealed = sealer
-                .seal(&aad_for(kind.as_str(), &id, 1), &event.to_bytes())
+                .seal(&aad_for(kind.as_str(), &event.id, 1), &event.bytes)
                 .map_err(|e| failed("sealing", e))?;
             Ok(SealedEvent {
-                id,
+                id: event.id,
+                recorded: event.recorded,
                 envelope: sealed.envelope,
                 digest: sealed.digest,
-                patients: compartment.patients,
+                patients: event.patients,
                 searchable,
             })
         })
@@ -154,19 +161,8 @@ fn seal_events(
 
 #[async_trait]
 impl AuditSink for Repository {
-    async fn store(&self, events: Vec<Json>) -> Result<Vec<Commit>, AuditError> {
+    async fn store(&self, events: Vec<Finished>) -> Result<Vec<Commit>, AuditError> {
         let kind = ResourceType::AUDIT_EVENT;
-        let last_updated = events
-            .first()
-            .and_then(|e| {
-                e.get("meta")?
-                    .get("lastUpdated")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .and_then(|instant| crate::fhir::instant::period(&instant))
-            .map(|(start, _)| start)
-            .unwrap_or_else(now_millis);
         let sealer = self
             .vault
             .sealer(AUDIT_KEY_OWNER)
@@ -176,7 +172,7 @@ impl AuditSink for Repository {
         let mut pieces = Vec::new();
         let mut events = events.into_iter();
         loop {
-            let chunk: Vec<Json> = events.by_ref().take(SEAL_CHUNK).collect();
+            let chunk: Vec<Finished> = events.by_ref().take(SEAL_CHUNK).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -204,7 +200,7 @@ impl AuditSink for Repository {
                     resource_type: kind.as_str().to_owned(),
                     id: event.id,
                     version: 1,
-                    last_updated,
+                    last_updated: event.recorded,
                     superseded_at: None,
                     method: Method::Create,
                     cid: Some(cid.clone()),

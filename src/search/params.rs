@@ -108,6 +108,9 @@ pub struct Registry {
     common: Vec<Arc<SearchParam>>,
     /// A stable hash of every definition: entries made under another fingerprint are stale.
     fingerprint: u64,
+    /// The types a custom parameter applies to (`Resource` and `DomainResource`: every
+    /// type); the others' entries are exactly the official ones.
+    customised: std::collections::HashSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,7 +172,33 @@ impl Registry {
     pub fn with_custom(custom: &[RawParam]) -> Registry {
         let mut all: Vec<RawParam> = official().to_vec();
         all.extend(custom.iter().cloned());
-        Registry::build(&all)
+        let mut registry = Registry::build(&all);
+        let described = |p: &RawParam| {
+            (
+                p.url.clone(),
+                p.code.clone(),
+                p.kind.clone(),
+                p.base.clone(),
+                p.expression.clone(),
+                p.target.clone(),
+            )
+        };
+        let official: std::collections::HashSet<_> = official().iter().map(described).collect();
+        registry.customised = custom
+            .iter()
+            .filter(|p| p.status.as_deref() != Some("retired"))
+            .filter(|p| !official.contains(&described(p)))
+            .flat_map(|p| p.base.iter().cloned())
+            .collect();
+        registry
+    }
+
+    /// Whether a custom parameter applies to `resource_type`: if not, its entries are exactly
+    /// what the official parameters extract.
+    pub fn customised(&self, resource_type: &str) -> bool {
+        ["Resource", "DomainResource", resource_type]
+            .iter()
+            .any(|t| self.customised.contains(*t))
     }
 
     fn build(raw: &[RawParam]) -> Registry {
@@ -235,6 +264,7 @@ impl Registry {
             applying,
             common,
             fingerprint,
+            customised: Default::default(),
         }
     }
 
@@ -448,9 +478,20 @@ mod tests {
             changed.base[0]
         ));
         assert_ne!(
-            Registry::with_custom(&[changed]).fingerprint(),
+            Registry::with_custom(&[changed.clone()]).fingerprint(),
             official_only
         );
+        // Only the types a changed parameter applies to are customised.
+        assert!(!Registry::with_custom(&copies).customised("Patient"));
+        let mut family = copies
+            .iter()
+            .find(|p| p.code == "family" && p.base.contains(&"Patient".to_owned()))
+            .unwrap()
+            .clone();
+        family.expression = Some("Patient.name.family | Patient.name.text".into());
+        let customised = Registry::with_custom(&[family]);
+        assert!(customised.customised("Patient"));
+        assert!(!customised.customised("AuditEvent"));
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! costs one row of keys and a few microseconds of postings. The price is memory, about a
 //! kilobyte per resource (BENCHMARKS.md has the figure), and a rebuild at start.
 //!
-//! Updated only after the transaction that wrote the keys is durable, and before the writer
-//! answers, so a client that has its 201 finds the resource by search.
+//! Updated only after the transaction that wrote the keys is durable, by the writer's caller
+//! before it answers (so a client that has its 201 finds the resource by search), not by the
+//! writer thread, which goes on with the next group meanwhile; each resource's keys carry
+//! their version, so callers finishing out of order cannot bring back older keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -28,13 +30,15 @@ pub(super) struct MemoryIndex {
     names: Vec<(String, String)>,
     /// (key number, resource number).
     postings: BTreeSet<(u32, u32)>,
-    /// Each resource's keys, to remove them on its next write.
-    of_resource: HashMap<u32, Vec<u32>>,
+    /// Each resource's keys, to remove them on its next write, and the version they are of.
+    of_resource: HashMap<u32, (u64, Vec<u32>)>,
 }
 
 impl MemoryIndex {
-    /// Makes `keys` the keys `Type/id` is found by (none: it is not found at all).
-    pub(super) fn set(&mut self, resource_type: &str, id: &str, keys: &[String]) {
+    /// Makes `keys` the keys `Type/id` is found by (none: it is not found at all), as of its
+    /// version `version`; keys of an older version than the ones held are ignored, so writers
+    /// may apply theirs in any order once their commits are durable (0: at start).
+    pub(super) fn set(&mut self, resource_type: &str, id: &str, version: u64, keys: &[String]) {
         let name = format!("{resource_type}/{id}");
         let resource = match self.resources.get(&name) {
             Some(&n) => n,
@@ -45,27 +49,39 @@ impl MemoryIndex {
                 n
             }
         };
-        for key in self.of_resource.remove(&resource).unwrap_or_default() {
+        if self
+            .of_resource
+            .get(&resource)
+            .is_some_and(|(held, _)| *held > version)
+        {
+            return;
+        }
+        let (_, old) = self.of_resource.remove(&resource).unwrap_or_default();
+        for key in old {
             self.postings.remove(&(key, resource));
         }
         let mut numbers = Vec::with_capacity(keys.len());
+        // One buffer for every key's typed form: a key already in use (most are) costs no
+        // allocation.
+        let mut text = String::with_capacity(resource_type.len() + 64);
         for key in keys {
-            let text = typed(resource_type, key);
-            let number = match self.keys.get(&text) {
+            text.clear();
+            text.push_str(resource_type);
+            text.push('\u{0}');
+            text.push_str(key);
+            let number = match self.keys.get(text.as_str()) {
                 Some(&n) => n,
                 None => {
                     let n = self.next_key;
                     self.next_key += 1;
-                    self.keys.insert(text, n);
+                    self.keys.insert(text.clone(), n);
                     n
                 }
             };
             self.postings.insert((number, resource));
             numbers.push(number);
         }
-        if !numbers.is_empty() {
-            self.of_resource.insert(resource, numbers);
-        }
+        self.of_resource.insert(resource, (version, numbers));
     }
 
     /// The ids of resources of `resource_type` with a key in one of `ranges` (`[from, to)`).
@@ -99,9 +115,9 @@ mod tests {
     #[test]
     fn finds_by_key_and_range_and_forgets_replaced_keys() {
         let mut index = MemoryIndex::default();
-        index.set("Patient", "a", &["n\u{1}smith".into(), "g\u{1}f".into()]);
-        index.set("Patient", "b", &["n\u{1}smythe".into()]);
-        index.set("Observation", "a", &["n\u{1}smith".into()]);
+        index.set("Patient", "a", 1, &["n\u{1}smith".into(), "g\u{1}f".into()]);
+        index.set("Patient", "b", 1, &["n\u{1}smythe".into()]);
+        index.set("Observation", "a", 1, &["n\u{1}smith".into()]);
         let exact = [("n\u{1}smith".to_owned(), "n\u{1}smith\u{0}".to_owned())];
         assert_eq!(
             index.ids_in("Patient", &exact),
@@ -109,7 +125,9 @@ mod tests {
         );
         let prefix = [("n\u{1}sm".to_owned(), "n\u{1}sm\u{10ffff}".to_owned())];
         assert_eq!(index.ids_in("Patient", &prefix).len(), 2);
-        index.set("Patient", "a", &["n\u{1}jones".into()]);
+        index.set("Patient", "a", 2, &["n\u{1}jones".into()]);
+        // An older version's keys, applied late, change nothing.
+        index.set("Patient", "a", 1, &["n\u{1}smith".into()]);
         assert!(
             index.ids_in("Patient", &exact).is_empty(),
             "old keys are gone"
@@ -119,7 +137,7 @@ mod tests {
             1,
             "types are apart"
         );
-        index.set("Patient", "b", &[]);
+        index.set("Patient", "b", 2, &[]);
         assert!(index.ids_in("Patient", &prefix).is_empty());
     }
 }

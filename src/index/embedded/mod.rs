@@ -168,21 +168,7 @@ impl EmbeddedIndex {
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, IndexError> + Send + 'static,
     {
-        self.write_then(work, None).await
-    }
-
-    /// `write`, then `durable` with the outcome once the transaction is durable, before the
-    /// caller is answered.
-    async fn write_then<T, F>(
-        &self,
-        work: F,
-        durable: Option<writer::AfterDurable<T>>,
-    ) -> Result<T, IndexError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, IndexError> + Send + 'static,
-    {
-        let (op, done) = WriteOp::new(work, durable);
+        let (op, done) = WriteOp::new(work);
         // If the writer is gone, `done` resolves to an error below.
         let _ = self.writer.send(op);
         done.await
@@ -197,23 +183,7 @@ impl EmbeddedIndex {
 #[async_trait]
 impl IndexStore for EmbeddedIndex {
     async fn commit(&self, commit: Commit) -> Result<(), IndexError> {
-        let search = self.search.clone();
-        let (rt, id) = (
-            commit.record.resource_type.clone(),
-            commit.record.id.clone(),
-        );
-        let keys = commit.searchable.keys.clone();
-        let sealed = self.seal_search(&rt, &id, commit.record.version, &commit.searchable)?;
-        let durable: Box<dyn FnOnce(&()) + Send> = Box::new(move |()| {
-            if let Ok(mut index) = search.write() {
-                index.set(&rt, &id, &keys);
-            }
-        });
-        self.write_then(
-            move |txn| writer::apply_commit(txn, &commit, &sealed),
-            Some(durable),
-        )
-        .await
+        self.commit_all(vec![commit], Vec::new()).await
     }
 
     async fn commit_all(
@@ -221,7 +191,6 @@ impl IndexStore for EmbeddedIndex {
         commits: Vec<Commit>,
         records: Vec<Record>,
     ) -> Result<(), IndexError> {
-        let search = self.search.clone();
         let mut sealed = Vec::with_capacity(commits.len());
         for commit in &commits {
             let r = &commit.record;
@@ -239,28 +208,29 @@ impl IndexStore for EmbeddedIndex {
                 (
                     r.resource_type.clone(),
                     r.id.clone(),
+                    r.version,
                     c.searchable.keys.clone(),
                 )
             })
             .collect();
-        let durable: Box<dyn FnOnce(&()) + Send> = Box::new(move |()| {
-            if let Ok(mut index) = search.write() {
-                for (rt, id, keys) in &keys {
-                    index.set(rt, id, keys);
-                }
-            }
-        });
-        self.write_then(
-            move |txn| {
+        let single = commits.len() == 1;
+        self.write(move |txn| {
+            if single {
+                writer::apply_commit(txn, &commits[0], &sealed[0])?;
+            } else {
                 writer::apply_commits(txn, &commits, &sealed)?;
-                for record in records {
-                    writer::apply_record(txn, &RecordOp::Put(record))?;
-                }
-                Ok(())
-            },
-            Some(durable),
-        )
-        .await
+            }
+            writer::put_records(txn, &records)
+        })
+        .await?;
+        // Durable: the new keys are found from now on, before the caller is answered. (Here,
+        // not on the writer thread, which goes on with the next group meanwhile.)
+        if let Ok(mut index) = self.search.write() {
+            for (rt, id, version, keys) in &keys {
+                index.set(rt, id, *version, keys);
+            }
+        }
+        Ok(())
     }
 
     async fn current(
@@ -301,19 +271,15 @@ impl IndexStore for EmbeddedIndex {
 
     async fn erase_patient(&self, patient: &str, now: i64) -> Result<Erased, IndexError> {
         let owner = super::patient_owner(patient);
-        let search = self.search.clone();
-        let durable: writer::AfterDurable<Erased> = Box::new(move |erased: &Erased| {
-            if let Ok(mut index) = search.write() {
-                for (rt, id) in &erased.resources {
-                    index.set(rt, id, &[]);
-                }
+        let erased = self
+            .write(move |txn| writer::apply_erase_patient(txn, &owner, now))
+            .await?;
+        if let Ok(mut index) = self.search.write() {
+            for (rt, id, version) in &erased.1 {
+                index.set(rt, id, *version, &[]);
             }
-        });
-        self.write_then(
-            move |txn| writer::apply_erase_patient(txn, &owner, now),
-            Some(durable),
-        )
-        .await
+        }
+        Ok(erased.0)
     }
 
     async fn recover_abandoned(&self, _owner: &str) -> Result<usize, IndexError> {
@@ -399,19 +365,15 @@ impl IndexStore for EmbeddedIndex {
         searchable: Searchable,
     ) -> Result<bool, IndexError> {
         let (rt, id) = (resource_type.to_owned(), id.to_owned());
-        let search = self.search.clone();
-        let (index_rt, index_id, keys) = (rt.clone(), id.clone(), searchable.keys.clone());
         let sealed = self.seal_search(&rt, &id, version, &searchable)?;
-        let durable: Box<dyn FnOnce(&bool) + Send> = Box::new(move |reindexed| {
-            if *reindexed && let Ok(mut index) = search.write() {
-                index.set(&index_rt, &index_id, &keys);
-            }
-        });
-        self.write_then(
-            move |txn| writer::apply_reindex(txn, &rt, &id, version, &sealed),
-            Some(durable),
-        )
-        .await
+        let (index_rt, index_id) = (rt.clone(), id.clone());
+        let reindexed = self
+            .write(move |txn| writer::apply_reindex(txn, &rt, &id, version, &sealed))
+            .await?;
+        if reindexed && let Ok(mut index) = self.search.write() {
+            index.set(&index_rt, &index_id, version, &searchable.keys);
+        }
+        Ok(reindexed)
     }
 
     async fn stale(

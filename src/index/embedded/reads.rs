@@ -225,7 +225,7 @@ pub(super) fn load_search_index(
             .ok_or_else(|| not_opened(&format!("the search keys of {rt}/{id}")))?;
         let keys: Vec<String> = serde_json::from_slice(&opened)
             .map_err(|e| IndexError::Corrupt(format!("the keys of {rt}/{id}: {e}")))?;
-        index.set(rt, id, &keys);
+        index.set(rt, id, 0, &keys);
     }
     Ok(index)
 }

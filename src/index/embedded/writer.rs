@@ -32,12 +32,7 @@ struct Op<T, F> {
     work: Option<F>,
     outcome: Option<Result<T, IndexError>>,
     reply: oneshot::Sender<Result<T, IndexError>>,
-    /// Run once the group is durable, with the outcome, before the reply goes out.
-    durable: Option<AfterDurable<T>>,
 }
-
-/// What runs once a write is durable (the in-memory search index's update).
-pub(super) type AfterDurable<T> = Box<dyn FnOnce(&T) + Send>;
 
 impl<T, F> Pending for Op<T, F>
 where
@@ -66,19 +61,13 @@ where
                 .outcome
                 .unwrap_or_else(|| Err(unavailable("the operation was not applied"))),
         };
-        if let (Ok(value), Some(durable)) = (&result, self.durable) {
-            durable(value);
-        }
         let _ = self.reply.send(result);
     }
 }
 
 impl WriteOp {
     /// An operation running `work` in the writer's transaction, and where its outcome arrives.
-    pub(super) fn new<T, F>(
-        work: F,
-        durable: Option<AfterDurable<T>>,
-    ) -> (WriteOp, oneshot::Receiver<Result<T, IndexError>>)
+    pub(super) fn new<T, F>(work: F) -> (WriteOp, oneshot::Receiver<Result<T, IndexError>>)
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, IndexError> + Send + 'static,
@@ -88,7 +77,6 @@ impl WriteOp {
             work: Some(work),
             outcome: None,
             reply,
-            durable,
         };
         (WriteOp(Box::new(op)), done)
     }
@@ -169,6 +157,24 @@ pub(super) fn apply_record(
             Ok((existing, taken))
         }
     }
+}
+
+/// Puts `records` (as `RecordOp::Put` each), with the table opened once and nothing read.
+pub(super) fn put_records(txn: &WriteTransaction, records: &[Record]) -> Result<(), IndexError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+    for record in records {
+        let bytes = serde_json::to_vec(record).map_err(unavailable)?;
+        table
+            .insert(
+                (record.kind.as_str(), record.key.as_str()),
+                bytes.as_slice(),
+            )
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 pub(super) fn apply_sighting(
@@ -387,14 +393,18 @@ pub(super) fn apply_purge_expired(txn: &WriteTransaction, now: i64) -> Result<us
     Ok(expired.len())
 }
 
+/// A resource ended by an erasure: type, id and the erasure version's number.
+pub(super) type EndedVersion = (String, String, u64);
+
 /// `IndexStore::erase_patient` inside one transaction: the key destroyed, every version sealed
 /// under it removed, each resource whose current version was one of them ended by an erasure
 /// version. (A scan of every version row: erasures are rare, and no table is keyed by owner.)
+/// Returns what was erased, and each resource's new last version, for the search index.
 pub(super) fn apply_erase_patient(
     txn: &WriteTransaction,
     owner: &str,
     now: i64,
-) -> Result<Erased, IndexError> {
+) -> Result<(Erased, Vec<EndedVersion>), IndexError> {
     txn.open_table(DATA_KEYS)
         .map_err(unavailable)?
         .insert(owner, [].as_slice())
@@ -411,6 +421,7 @@ pub(super) fn apply_erase_patient(
         }
     }
     let mut erased = Erased::default();
+    let mut ended = Vec::new();
     let mut tables = Tables::open(txn)?;
     // First the erasure versions (each marks the version it ends superseded), then the rows.
     for record in &sealed_under {
@@ -436,6 +447,7 @@ pub(super) fn apply_erase_patient(
             tables.current_keys.remove((rt, id)).map_err(unavailable)?;
             tables.indexed.remove((rt, id)).map_err(unavailable)?;
             erased.resources.push((rt.to_owned(), id.to_owned()));
+            ended.push((rt.to_owned(), id.to_owned(), end.record.version));
         }
     }
     for record in &sealed_under {
@@ -466,5 +478,5 @@ pub(super) fn apply_erase_patient(
         }
         erased.versions += 1;
     }
-    Ok(erased)
+    Ok((erased, ended))
 }
