@@ -339,9 +339,12 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
         settings: Arc::new(HttpSettings {
             base_url: config.base_url.clone(),
             max_body_bytes: config.max_body_bytes,
+            max_bundle_entries: config.max_bundle_entries,
+            conditional_delete_limit: config.conditional_delete_limit,
             search_handling: config.search_handling,
             started_at: format_instant(now_millis()),
         }),
+        dispatcher: Default::default(),
     })
 }
 

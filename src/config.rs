@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger gets 413).
     #[arg(long, env = "INTELLIHEALTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most entries in one batch or transaction Bundle (more gets 413).
+    #[arg(long, env = "INTELLIHEALTH_MAX_BUNDLE_ENTRIES")]
+    pub max_bundle_entries: Option<usize>,
+    /// Most resources one conditional delete removes (more matches get 412, deleting none).
+    #[arg(long, env = "INTELLIHEALTH_CONDITIONAL_DELETE_LIMIT")]
+    pub conditional_delete_limit: Option<usize>,
     /// Seconds between background sweeps of unreferenced blobs (0 turns the sweeper off).
     #[arg(long, env = "INTELLIHEALTH_SWEEP_INTERVAL_SECS")]
     pub sweep_interval_secs: Option<u64>,
@@ -126,6 +132,8 @@ struct FileConfig {
     listen: Option<String>,
     base_url: Option<String>,
     max_body_bytes: Option<usize>,
+    max_bundle_entries: Option<usize>,
+    conditional_delete_limit: Option<usize>,
     backend_timeout_ms: Option<u64>,
     blob_cache_bytes: Option<usize>,
     data_dir: Option<PathBuf>,
@@ -217,6 +225,8 @@ pub struct Config {
     pub listen: String,
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    pub max_bundle_entries: usize,
+    pub conditional_delete_limit: usize,
     pub backend_timeout: Duration,
     /// Capacity of the in-memory cache of sealed blobs, in bytes (0: no cache).
     pub blob_cache_bytes: usize,
@@ -312,6 +322,8 @@ impl std::fmt::Debug for AdminToken {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Most entries in one batch or transaction Bundle unless configured.
+pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 10_000;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_BLOB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 3_600;
@@ -380,6 +392,14 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_bundle_entries: args
+                .max_bundle_entries
+                .or(file.max_bundle_entries)
+                .unwrap_or(DEFAULT_MAX_BUNDLE_ENTRIES),
+            conditional_delete_limit: args
+                .conditional_delete_limit
+                .or(file.conditional_delete_limit)
+                .unwrap_or(crate::repository::conditional::DEFAULT_CONDITIONAL_DELETE_LIMIT),
             backend_timeout: Duration::from_millis(
                 args.storage
                     .backend_timeout_ms

@@ -23,7 +23,13 @@ fn the_committed_openapi_document_is_current() {
         "/fhir/{type}/{id}/_history/{vid}",
         "/fhir/_history",
         "/fhir/metadata",
+        "/fhir",
     ] {
         assert!(document["paths"][path].is_object(), "{path} is documented");
     }
+    // Conditional update and delete, PATCH, batch and transaction.
+    assert!(document["paths"]["/fhir/{type}"]["put"].is_object());
+    assert!(document["paths"]["/fhir/{type}"]["delete"].is_object());
+    assert!(document["paths"]["/fhir/{type}/{id}"]["patch"].is_object());
+    assert!(document["paths"]["/fhir"]["post"].is_object());
 }

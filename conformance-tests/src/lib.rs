@@ -50,6 +50,7 @@ pub async fn run(options: &Options) -> Report {
     suites::errors::run(&ctx, &mut report).await;
     suites::bad_input::run(&ctx, &mut report).await;
     suites::search::run(&ctx, &mut report).await;
+    suites::transactions::run(&ctx, &mut report).await;
     if let Some(fixtures) = &options.smart {
         suites::smart::run(&ctx, fixtures, &mut report).await;
         suites::attacks::run(&ctx, fixtures, &mut report).await;

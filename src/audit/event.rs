@@ -76,6 +76,11 @@ pub(super) fn classify(
         let history = segments.contains(&"_history");
         match (method, segments.len(), history) {
             ("GET" | "HEAD", 0, _) => ("search-system".into(), "E"),
+            // A batch's entries are audited one by one as the requests they are.
+            ("POST", 0, _) => ("transaction".into(), "E"),
+            ("PUT", 1, _) => ("update".into(), "U"),
+            ("DELETE", 1, _) => ("delete".into(), "D"),
+            ("PATCH", 2, _) => ("patch".into(), "U"),
             ("GET" | "HEAD", 1, true) => ("history-system".into(), "R"),
             ("GET" | "HEAD", 1, _) if segments[0] == "metadata" => ("capabilities".into(), "R"),
             ("GET" | "HEAD", 1, _) => ("search-type".into(), "E"),

@@ -14,6 +14,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -78,6 +79,8 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
                 (
                     "interaction",
                     Json::Array(vec![
+                        object([("code", Json::str("transaction"))]),
+                        object([("code", Json::str("batch"))]),
                         object([("code", Json::str("history-system"))]),
                         object([("code", Json::str("search-system"))]),
                     ]),
@@ -162,8 +165,12 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
     } else {
         TYPE_INTERACTIONS
     };
+    // A Consent that mirrors a grant changes only by the patient's signature: no patch, no
+    // conditional writes.
+    let conditional = !server_written && resource_type != ResourceType::CONSENT;
     let interactions = served
         .iter()
+        .filter(|code| conditional || **code != "patch")
         .map(|code| object([("code", Json::str(*code))]))
         .collect();
     let search_params: Vec<Json> = params
@@ -196,10 +203,17 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
         ("versioning", Json::str("versioned-update")),
         ("readHistory", Json::Bool(true)),
         ("updateCreate", Json::Bool(!server_written)),
-        ("conditionalCreate", Json::Bool(false)),
+        ("conditionalCreate", Json::Bool(conditional)),
         ("conditionalRead", Json::str("full-support")),
-        ("conditionalUpdate", Json::Bool(false)),
-        ("conditionalDelete", Json::str("not-supported")),
+        ("conditionalUpdate", Json::Bool(conditional)),
+        (
+            "conditionalDelete",
+            Json::str(if conditional {
+                "multiple"
+            } else {
+                "not-supported"
+            }),
+        ),
         ("searchInclude", Json::Array(includes)),
         ("searchParam", Json::Array(search_params)),
     ]);

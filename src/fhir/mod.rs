@@ -11,6 +11,7 @@ pub mod capability;
 pub mod definitions;
 pub mod instant;
 pub mod json;
+pub mod patch;
 pub mod primitives;
 pub mod resource;
 pub mod validate;
@@ -61,6 +62,7 @@ pub enum IssueCode {
     Exception,
     Timeout,
     TooCostly,
+    MultipleMatches,
     Informational,
 }
 
@@ -86,6 +88,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Timeout => "timeout",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::MultipleMatches => "multiple-matches",
             IssueCode::Informational => "informational",
         }
     }

@@ -37,8 +37,54 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = HttpState::from_ref(state).settings.max_body_bytes;
         check_content_type(request.headers().get(header::CONTENT_TYPE))?;
+        let limit = HttpState::from_ref(state).settings.max_body_bytes;
+        read_within(request, limit).await.map(FhirBody)
+    }
+}
+
+/// The body of a PATCH: a JSON Patch document (`application/json-patch+json`), or FHIR JSON
+/// (a FHIRPath Patch `Parameters`), within the size limit.
+pub struct PatchBody {
+    pub json_patch: bool,
+    pub bytes: Vec<u8>,
+}
+
+impl<S> FromRequest<S> for PatchBody
+where
+    S: Send + Sync,
+    HttpState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request.headers().get(header::CONTENT_TYPE);
+        let json_patch = content_type
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| {
+                media
+                    .trim()
+                    .eq_ignore_ascii_case("application/json-patch+json")
+            });
+        if !json_patch {
+            check_content_type(content_type).map_err(|_| {
+                ApiError::UnsupportedMediaType(
+                    "a PATCH body is a JSON Patch (Content-Type: application/json-patch+json) \
+                     or a FHIRPath Patch Parameters (application/fhir+json)"
+                        .into(),
+                )
+            })?;
+        }
+        let limit = HttpState::from_ref(state).settings.max_body_bytes;
+        let bytes = read_within(request, limit).await?;
+        Ok(PatchBody { json_patch, bytes })
+    }
+}
+
+/// The body, refused (413) past `limit` bytes.
+async fn read_within(request: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -54,7 +100,7 @@ where
             }
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        read_limited(request.into_body(), limit).await.map(FhirBody)
+        read_limited(request.into_body(), limit).await
     }
 }
 

@@ -24,7 +24,7 @@ const IMPLEMENTED: &[(&str, &[Interaction])] = &[
     ("if-match", &[Interaction::Update, Interaction::Delete]),
     ("if-none-match", &[Interaction::Read]),
     ("if-modified-since", &[Interaction::Read]),
-    ("if-none-exist", &[]),
+    ("if-none-exist", &[Interaction::Create]),
     ("if-unmodified-since", &[]),
 ];
 
@@ -33,11 +33,11 @@ pub fn refuse_unimplemented(headers: &HeaderMap, interaction: Interaction) -> Re
     for (name, implemented_by) in IMPLEMENTED {
         if headers.contains_key(*name) && !implemented_by.contains(&interaction) {
             let why = match *name {
-                "if-none-exist" => {
-                    "conditional create (If-None-Exist) is not supported by this server yet; \
-                     nothing was created"
-                        .to_owned()
-                }
+                "if-none-exist" => format!(
+                    "If-None-Exist belongs to a create (POST); it is not supported on a {}; \
+                     nothing was done",
+                    describe(interaction)
+                ),
                 other => format!(
                     "the {other} header is not supported on a {} here; nothing was done",
                     describe(interaction)
@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn refuses_what_an_interaction_does_not_implement() {
         use Interaction::*;
-        check("if-none-exist", Create, false);
+        check("if-none-exist", Create, true);
         check("if-none-exist", Update, false);
         check("if-match", Create, false);
         check("if-match", Update, true);

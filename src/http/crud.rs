@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::body::FhirBody;
+use super::body::{FhirBody, PatchBody};
 use super::conditions::{Interaction, refuse_unimplemented};
 use super::negotiate::{BaseUrl, Negotiated, Prefer, Return, parse_version_tag};
 use super::openapi::{BodyErrors, FhirErrors};
@@ -18,10 +18,11 @@ use crate::auth::Principal;
 use crate::fhir::Issue;
 use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
+use crate::repository::conditional::{CreateOutcome, Criteria};
 use crate::repository::{Precondition, ResourceVersion, Written};
 
 #[utoipa::path(post, path = "/fhir/{type}", tag = "instance",
-    params(("type" = String, Path, description = "Resource type, e.g. Patient")),
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("If-None-Exist" = Option<String>, Header, description = "Conditional create: search criteria; a match is returned (200) instead of creating, and concurrent requests with the same criteria create one resource")),
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
     responses(
         (status = 201, description = "Created; Location, ETag, Last-Modified", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors, BodyErrors))]
@@ -36,6 +37,35 @@ pub async fn create(
     refuse_unimplemented(&headers, Interaction::Create)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let handling = answer.prefer.handling;
+    if let Some(criteria) = if_none_exist(&headers, resource_type)? {
+        if resource_type == ResourceType::CONSENT {
+            return Err(ApiError::NotSupported(
+                "a conditional create of a Consent is not supported: a grant is relayed as \
+                 signed; nothing was created"
+                    .into(),
+            ));
+        }
+        let outcome = state
+            .repo
+            .create_if_none_exist(
+                &principal,
+                resource_type,
+                body,
+                &criteria,
+                handling,
+                &answer.base.0,
+            )
+            .await?;
+        let written = match outcome {
+            CreateOutcome::Created(written) => written,
+            CreateOutcome::Exists(version) => Written {
+                version,
+                created: false,
+                warnings: Vec::new(),
+            },
+        };
+        return Ok(written_response(written, answer));
+    }
     let written = if resource_type == ResourceType::CONSENT {
         // A signed Consent is a grant to relay; any other is an ordinary resource.
         state
@@ -84,6 +114,152 @@ pub async fn update(
             .await?
     };
     Ok(written_response(written, answer))
+}
+
+#[utoipa::path(put, path = "/fhir/{type}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("criteria" = String, Query, description = "Search criteria, e.g. identifier=http://x|1"), ("If-Match" = Option<String>, Header, description = "Version-aware update of the match: W/\"n\"")),
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
+    responses(
+        (status = 200, description = "The one match updated", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 201, description = "Nothing matched: created", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 412, description = "Several resources match (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+pub async fn update_conditional(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    answer: WriteAnswer,
+    FhirBody(body): FhirBody,
+) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Update)?;
+    let resource_type = ResourceType::parse(&resource_type)?;
+    refuse_conditional_consent(resource_type, "conditional update")?;
+    let criteria = Criteria::parse(query.as_deref().unwrap_or_default(), "update")?;
+    let written = state
+        .repo
+        .update_conditional(
+            &principal,
+            resource_type,
+            body,
+            &criteria,
+            if_match(&headers)?,
+            answer.prefer.handling,
+            &answer.base.0,
+        )
+        .await?;
+    Ok(written_response(written, answer))
+}
+
+#[utoipa::path(delete, path = "/fhir/{type}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("criteria" = String, Query, description = "Search criteria, e.g. identifier=http://x|1")),
+    responses(
+        (status = 204, description = "Every match deleted (or none matched)"),
+        (status = 412, description = "More matches than the configured limit; none deleted (OperationOutcome)", body = serde_json::Value), FhirErrors))]
+pub async fn delete_conditional(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Delete)?;
+    let resource_type = ResourceType::parse(&resource_type)?;
+    refuse_conditional_consent(resource_type, "conditional delete")?;
+    if headers.contains_key(header::IF_MATCH) {
+        return Err(ApiError::NotSupported(
+            "If-Match on a conditional delete is not supported (it may delete several \
+             resources); nothing was deleted"
+                .into(),
+        ));
+    }
+    let criteria = Criteria::parse(query.as_deref().unwrap_or_default(), "delete")?;
+    let deleted = state
+        .repo
+        .delete_conditional(
+            &principal,
+            resource_type,
+            &criteria,
+            state.settings.conditional_delete_limit,
+            &base.0,
+        )
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let [one] = deleted.as_slice() {
+        version_headers(response.headers_mut(), one);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(patch, path = "/fhir/{type}/{id}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Patch only this version: W/\"n\"")),
+    request_body(content = serde_json::Value, content_type = "application/json-patch+json", description = "A JSON Patch (RFC 6902) document"),
+    responses(
+        (status = 200, description = "Patched", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "The patch failed or made an invalid resource; nothing changed (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+pub async fn patch(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    headers: HeaderMap,
+    answer: WriteAnswer,
+    body: PatchBody,
+) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Update)?;
+    let resource_type = ResourceType::parse(&resource_type)?;
+    refuse_conditional_consent(resource_type, "patch")?;
+    if !body.json_patch {
+        return Err(ApiError::NotSupported(
+            "FHIRPath Patch (a Parameters body) is not supported yet; send a JSON Patch \
+             (Content-Type: application/json-patch+json); nothing was changed"
+                .into(),
+        ));
+    }
+    let written = state
+        .repo
+        .patch(
+            &principal,
+            resource_type,
+            &id,
+            &body.bytes,
+            if_match(&headers)?,
+            answer.prefer.handling,
+        )
+        .await?;
+    Ok(written_response(written, answer))
+}
+
+/// A Consent that mirrors a grant changes only by the patient's signature.
+fn refuse_conditional_consent(resource_type: ResourceType, what: &str) -> Result<(), ApiError> {
+    if resource_type == ResourceType::CONSENT {
+        return Err(ApiError::NotSupported(format!(
+            "a {what} of Consents is not supported (a grant changes only by the patient's \
+             signature); nothing was done"
+        )));
+    }
+    Ok(())
+}
+
+/// `If-None-Exist: criteria` (with or without a leading `Type?` or `?`, as clients send it).
+fn if_none_exist(
+    headers: &HeaderMap,
+    resource_type: ResourceType,
+) -> Result<Option<Criteria>, ApiError> {
+    let Some(value) = headers.get("if-none-exist") else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::BadRequest("If-None-Exist must be search criteria in ASCII".into())
+    })?;
+    let typed = format!("{}?", resource_type.as_str());
+    let criteria = value
+        .trim()
+        .strip_prefix(&typed)
+        .or_else(|| value.trim().strip_prefix('?'))
+        .unwrap_or(value.trim());
+    Ok(Some(Criteria::parse(criteria, "create")?))
 }
 
 #[utoipa::path(get, path = "/fhir/{type}/{id}", tag = "instance",

@@ -5,6 +5,7 @@
 
 mod audit;
 mod body;
+mod bundle;
 mod conditions;
 mod consent;
 mod crud;
@@ -28,7 +29,7 @@ use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
@@ -44,6 +45,8 @@ pub struct HttpState {
     pub repo: Arc<Repository>,
     pub auth: Arc<AuthServer>,
     pub settings: Arc<HttpSettings>,
+    /// The router itself (set once it is built), through which a batch runs its entries.
+    pub dispatcher: Arc<std::sync::OnceLock<Router>>,
 }
 
 /// Settings of the HTTP face, fixed at start.
@@ -52,6 +55,10 @@ pub struct HttpSettings {
     /// Configured public base URL; `None` derives it from each request's Host.
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    /// Most entries in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+    /// Most resources one conditional delete removes.
+    pub conditional_delete_limit: usize,
     /// How a search treats parameters it does not know when the client does not say
     /// (`Prefer: handling=…`): lenient by default, as FHIR R4 recommends.
     pub search_handling: crate::search::query::Strictness,
@@ -61,10 +68,17 @@ pub struct HttpSettings {
 
 /// The whole router: FHIR under `/fhir`, `/health` beside it.
 pub fn router(state: HttpState) -> Router {
+    let dispatcher = state.dispatcher.clone();
     let audited = state.clone();
     let fhir = Router::new()
         .route("/metadata", only(get(metadata::capability), "GET"))
-        .route("/", only(get(search::system_search), "GET"))
+        .route(
+            "/",
+            only(
+                get(search::system_search).post(bundle::process),
+                "GET, POST",
+            ),
+        )
         .route("/_search", only(post(search::system_search_post), "POST"))
         .route("/_history", only(get(history::system), "GET"))
         .route(
@@ -73,13 +87,23 @@ pub fn router(state: HttpState) -> Router {
         )
         .route(
             "/{type}",
-            only(get(search::type_search).post(crud::create), "GET, POST"),
+            only(
+                get(search::type_search)
+                    .post(crud::create)
+                    .put(crud::update_conditional)
+                    .delete(crud::delete_conditional),
+                "GET, POST, PUT, DELETE",
+            ),
         )
         .route(
             "/{type}/_search",
             only(post(search::type_search_post), "POST"),
         )
         .route("/{type}/$prepare", only(post(consent::prepare), "POST"))
+        .route("/$export", any(bulk_data_not_served))
+        .route("/$import", any(bulk_data_not_served))
+        .route("/{type}/$export", any(bulk_data_not_served))
+        .route("/{type}/{id}/$export", any(bulk_data_not_served))
         .route(
             "/{type}/{id}/$wallet-binding",
             only(
@@ -98,8 +122,11 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/{type}/{id}",
             only(
-                get(crud::read).put(crud::update).delete(crud::delete),
-                "GET, HEAD, PUT, DELETE",
+                get(crud::read)
+                    .put(crud::update)
+                    .patch(crud::patch)
+                    .delete(crud::delete),
+                "GET, HEAD, PUT, PATCH, DELETE",
             ),
         )
         .route("/{type}/{id}/_history", only(get(history::instance), "GET"))
@@ -138,7 +165,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/register", only(post(oauth::register), "POST"))
         .route("/launch", only(post(oauth::launch), "POST"))
         .route("/jwks", only(get(oauth::jwks), "GET"));
-    Router::new()
+    let built = Router::new()
         .nest("/fhir", fhir)
         .nest("/auth", auth)
         .route(
@@ -146,7 +173,13 @@ pub fn router(state: HttpState) -> Router {
             only(get(oauth::smart_config), "GET"),
         )
         // The FHIR base with a trailing slash, as some clients write it.
-        .route("/fhir/", only(get(search::system_search), "GET"))
+        .route(
+            "/fhir/",
+            only(
+                get(search::system_search).post(bundle::process),
+                "GET, POST",
+            ),
+        )
         .route("/health", only(get(metadata::health), "GET"))
         .route("/metrics", only(get(telemetry::metrics_for_admin), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))
@@ -156,8 +189,10 @@ pub fn router(state: HttpState) -> Router {
         // Outside the panic catcher, so a request that panicked is audited as the 500 it is.
         .layer(middleware::from_fn_with_state(audited, audit::record))
         .layer(middleware::from_fn(telemetry::log_request))
-        .layer(cors())
-        .with_state(state)
+        .layer(cors());
+    let built = built.with_state(state);
+    let _ = dispatcher.set(built.clone());
+    built
 }
 
 /// CORS for browser apps (SMART apps are often single-page apps on another origin). Any
@@ -173,6 +208,7 @@ fn cors() -> CorsLayer {
             Method::HEAD,
             Method::POST,
             Method::PUT,
+            Method::PATCH,
             Method::DELETE,
         ])
         .allow_headers([
@@ -183,6 +219,7 @@ fn cors() -> CorsLayer {
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
             HeaderName::from_static("prefer"),
+            HeaderName::from_static("if-none-exist"),
             HeaderName::from_static(principal::PURPOSE_OF_USE),
             HeaderName::from_static(principal::BREAK_GLASS_REASON),
         ])
@@ -211,6 +248,15 @@ fn only(methods: MethodRouter<HttpState>, allow: &'static str) -> MethodRouter<H
             allow: allow.to_owned(),
         }
     })
+}
+
+/// Bulk Data export and import are not served yet: refused plainly, not mistaken for a search
+/// of a type named `$export` or a read of a resource with that id.
+async fn bulk_data_not_served() -> ApiError {
+    ApiError::NotSupported(
+        "Bulk Data ($export, $import) is not supported by this server yet; nothing was started"
+            .into(),
+    )
 }
 
 async fn unknown_route(method: Method) -> ApiError {

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use super::{audit, consent, crud, history, metadata, oauth, reindex, search, telemetry};
+use super::{audit, bundle, consent, crud, history, metadata, oauth, reindex, search, telemetry};
 
 /// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
 #[derive(Serialize, ToSchema)]
@@ -122,6 +122,10 @@ pub enum BodyErrors {
         crud::update,
         crud::delete,
         crud::vread,
+        crud::update_conditional,
+        crud::delete_conditional,
+        crud::patch,
+        bundle::process,
         history::system,
         history::type_level,
         history::instance,

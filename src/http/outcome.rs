@@ -61,6 +61,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the Bundle has {entries} entries; this server takes at most {limit} in one")]
+    TooManyEntries { entries: usize, limit: usize },
+    /// One entry of a batch or transaction Bundle failed (its position, from 0).
+    #[error("entry {position}: {error}")]
+    Entry {
+        position: usize,
+        error: Box<ApiError>,
+    },
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// A bug: a handler panicked. Says nothing more, since a panic's message may quote input.
@@ -75,7 +83,7 @@ impl From<FhirError> for ApiError {
 }
 
 impl ApiError {
-    fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
+    pub(super) fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
         let one = |code: IssueCode| vec![Issue::error(code, self.to_string(), None)];
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, one(IssueCode::Invalid)),
@@ -91,8 +99,15 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 one(IssueCode::NotSupported),
             ),
-            ApiError::PayloadTooLarge(_) => {
+            ApiError::PayloadTooLarge(_) | ApiError::TooManyEntries { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, one(IssueCode::TooCostly))
+            }
+            ApiError::Entry { position, error } => {
+                let (status, mut issues) = error.status_and_issues();
+                for issue in &mut issues {
+                    issue.diagnostics = format!("entry {position}: {}", issue.diagnostics);
+                }
+                (status, issues)
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception)),
             ApiError::Repo(repo) => repo_status_and_issues(repo),
@@ -135,6 +150,13 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
         RepoError::PreconditionFailed { .. } => {
             (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict))
         }
+        RepoError::Unprocessable(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, one(IssueCode::Processing))
+        }
+        RepoError::Ambiguous(_) => (
+            StatusCode::PRECONDITION_FAILED,
+            one(IssueCode::MultipleMatches),
+        ),
         RepoError::Forbidden(_) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden)),
         RepoError::Conflict(_) | RepoError::Index(_) => {
             (StatusCode::CONFLICT, one(IssueCode::Conflict))

@@ -26,6 +26,13 @@ pub enum RepoError {
     PreconditionFailed { expected: u64, current: Option<u64> },
     #[error("{0}")]
     Conflict(String),
+    /// A request that is well-formed but cannot be carried out as asked (a patch that fails,
+    /// or whose result is not a valid resource): nothing was changed.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A conditional interaction's criteria match more resources than it may act on.
+    #[error("{0}")]
+    Ambiguous(String),
     /// The principal's scopes do not reach this interaction or this resource.
     #[error("{0}")]
     Forbidden(String),

@@ -16,6 +16,7 @@
 
 mod audit;
 mod authorize;
+pub mod conditional;
 pub mod consent;
 pub mod erase;
 mod error;
@@ -23,6 +24,7 @@ mod read;
 pub mod reindex;
 pub mod search;
 pub mod sweep;
+pub mod transaction;
 mod write;
 
 use std::sync::Arc;

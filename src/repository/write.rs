@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::authorize::{Decision, Target};
 use super::{Precondition, RepoError, Repository, ResourceVersion, Written, prepare};
 use crate::auth::{Permission, Principal};
+use crate::fhir::Issue;
 use crate::fhir::instant::now_millis;
 use crate::fhir::json::Json;
 use crate::fhir::resource::{self, ResourceType};
@@ -31,7 +32,19 @@ impl Repository {
         refuse_server_written(resource_type)?;
         self.require_interaction(principal, Permission::Create, Some(resource_type))
             .await?;
-        let (mut resource, warnings) = prepare(body, resource_type, None, handling).await?;
+        let (resource, warnings) = prepare(body, resource_type, None, handling).await?;
+        self.create_prepared(principal, resource_type, resource, warnings)
+            .await
+    }
+
+    /// A create of a resource already parsed and validated, under a fresh id.
+    pub(super) async fn create_prepared(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        mut resource: Json,
+        warnings: Vec<Issue>,
+    ) -> Result<Written, RepoError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let id = resource::new_id();
             let write = Write {
@@ -72,8 +85,29 @@ impl Repository {
         self.require_interaction(principal, Permission::Update, Some(resource_type))
             .await?;
         resource::check_id(id)?;
-        let (mut resource, warnings) =
+        let (resource, warnings) =
             prepare(body, resource_type, Some(id.to_owned()), handling).await?;
+        self.update_prepared(
+            principal,
+            resource_type,
+            id,
+            resource,
+            warnings,
+            precondition,
+        )
+        .await
+    }
+
+    /// An update of a resource already parsed and validated (its id checked against `id`).
+    pub(super) async fn update_prepared(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+        mut resource: Json,
+        warnings: Vec<Issue>,
+        precondition: Precondition,
+    ) -> Result<Written, RepoError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self.index.current(resource_type.as_str(), id).await?;
             let current_version = current.as_ref().map(|r| r.version);
@@ -142,6 +176,24 @@ impl Repository {
         write: Write<'_>,
         resource: &mut Json,
     ) -> Result<ResourceVersion, RepoError> {
+        let (resource_type, id) = (write.resource_type, write.id);
+        let staged = self.stage_version(write, resource).await?;
+        self.index.commit(staged.commit).await?;
+        self.after_write(resource_type, id, Some(&staged.content))
+            .await;
+        Ok(ResourceVersion {
+            record: staged.record,
+            content: Some(staged.content),
+        })
+    }
+
+    /// Everything of a write before its commit point: authorized, sealed, its blob stored.
+    /// Nothing is visible until `commit` is committed (alone, or with others atomically).
+    pub(super) async fn stage_version(
+        &self,
+        write: Write<'_>,
+        resource: &mut Json,
+    ) -> Result<Staged, RepoError> {
         let Write {
             principal,
             permission,
@@ -204,11 +256,10 @@ impl Repository {
             replaces: current.map(|r| r.version),
             searchable,
         };
-        self.index.commit(commit).await?;
-        self.after_write(resource_type, id, Some(&content)).await;
-        Ok(ResourceVersion {
+        Ok(Staged {
+            commit,
             record,
-            content: Some(content),
+            content,
         })
     }
 
@@ -244,22 +295,8 @@ impl Repository {
             if current.deleted() {
                 return Ok(None);
             }
-            let record = VersionRecord {
-                version: current.version + 1,
-                last_updated: now_millis().max(current.last_updated + 1),
-                superseded_at: None,
-                method: Method::Delete,
-                cid: None,
-                digest: None,
-                key_owner: None,
-                batch_entry: None,
-                ..current.clone()
-            };
-            let commit = Commit {
-                record: record.clone(),
-                replaces: Some(current.version),
-                searchable: Default::default(),
-            };
+            let commit = deletion_of(&current);
+            let record = commit.record.clone();
             match self.index.commit(commit).await {
                 Ok(()) => {
                     self.after_write(resource_type, id, None).await;
@@ -275,9 +312,33 @@ impl Repository {
     }
 }
 
+/// The version that deletes `current`: no content, the compartment kept.
+pub(super) fn deletion_of(current: &VersionRecord) -> Commit {
+    Commit {
+        record: VersionRecord {
+            version: current.version + 1,
+            last_updated: now_millis().max(current.last_updated + 1),
+            superseded_at: None,
+            method: Method::Delete,
+            cid: None,
+            digest: None,
+            key_owner: None,
+            batch_entry: None,
+            ..current.clone()
+        },
+        replaces: Some(current.version),
+        searchable: Default::default(),
+    }
+}
+
 impl Repository {
     /// What a committed write changes beyond itself: a SearchParameter changes the registry.
-    async fn after_write(&self, resource_type: ResourceType, id: &str, content: Option<&[u8]>) {
+    pub(super) async fn after_write(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+        content: Option<&[u8]>,
+    ) {
         if resource_type.as_str() == "SearchParameter" {
             self.parameter_written(id, content).await;
         }
@@ -285,7 +346,7 @@ impl Repository {
 }
 
 /// AuditEvents are the server's record of what happened: no client writes one.
-fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
+pub(super) fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
     if resource_type == ResourceType::AUDIT_EVENT {
         return Err(RepoError::ServerWritten(ResourceType::AUDIT_EVENT.as_str()));
     }
@@ -293,11 +354,103 @@ fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
 }
 
 /// One version to write, and on whose behalf.
-struct Write<'a> {
-    principal: &'a Principal,
-    permission: Permission,
-    resource_type: ResourceType,
-    id: &'a str,
-    current: Option<&'a VersionRecord>,
-    method: Method,
+pub(super) struct Write<'a> {
+    pub principal: &'a Principal,
+    pub permission: Permission,
+    pub resource_type: ResourceType,
+    pub id: &'a str,
+    pub current: Option<&'a VersionRecord>,
+    pub method: Method,
+}
+
+/// A version sealed and stored, waiting for its commit.
+pub(super) struct Staged {
+    pub commit: Commit,
+    pub record: VersionRecord,
+    /// The stored JSON (what was sealed).
+    pub content: Vec<u8>,
+}
+
+impl Repository {
+    /// `PATCH /Type/id` with a JSON Patch: applied to the current version, the result checked
+    /// like any update (same type and id, valid), and written as the next version only if the
+    /// version patched is still current (a concurrent write makes it patch the newer one,
+    /// unless the client asked for a version with `If-Match`). A patch that fails or makes an
+    /// invalid resource is refused (422) and changes nothing.
+    pub async fn patch(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        id: &str,
+        patch: &[u8],
+        precondition: Precondition,
+        handling: Handling,
+    ) -> Result<Written, RepoError> {
+        refuse_server_written(resource_type)?;
+        self.require_interaction(principal, Permission::Update, Some(resource_type))
+            .await?;
+        resource::check_id(id)?;
+        let patch = crate::fhir::json::parse(patch)
+            .map_err(|e| RepoError::Unprocessable(format!("the patch is not JSON: {e}")))?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self
+                .index
+                .current(resource_type.as_str(), id)
+                .await?
+                .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
+            if let Precondition::Version(expected) = precondition
+                && current.version != expected
+            {
+                return Err(RepoError::PreconditionFailed {
+                    expected,
+                    current: Some(current.version),
+                });
+            }
+            if current.deleted() {
+                return Err(RepoError::Gone(Box::new(current)));
+            }
+            self.require(principal, Permission::Update, &current, None)
+                .await?;
+            let base_version = current.version;
+            let stored = self.load(current).await?.content.unwrap_or_default();
+            let stored = crate::fhir::json::parse(&stored)
+                .map_err(|e| RepoError::Integrity(format!("stored content: {e}")))?;
+            let patched = crate::fhir::patch::apply(&stored, &patch)
+                .map_err(|e| RepoError::Unprocessable(e.to_string()))?;
+            let (resource, warnings) = prepare(
+                patched.to_bytes(),
+                resource_type,
+                Some(id.to_owned()),
+                handling,
+            )
+            .await
+            .map_err(|e| match e {
+                RepoError::Fhir(fhir) => {
+                    RepoError::Unprocessable(format!("the patched resource is not valid: {fhir}"))
+                }
+                other => other,
+            })?;
+            match self
+                .update_prepared(
+                    principal,
+                    resource_type,
+                    id,
+                    resource,
+                    warnings,
+                    Precondition::Version(base_version),
+                )
+                .await
+            {
+                Err(RepoError::PreconditionFailed { .. } | RepoError::Conflict(_))
+                    if precondition == Precondition::None =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(RepoError::Conflict(
+            "the resource is being updated concurrently; retry".into(),
+        ))
+    }
 }

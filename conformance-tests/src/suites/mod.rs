@@ -10,6 +10,7 @@ pub mod metadata;
 pub mod negotiation;
 pub mod search;
 pub mod smart;
+pub mod transactions;
 
 use serde_json::{Value, json};
 
