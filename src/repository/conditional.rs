@@ -207,12 +207,7 @@ impl Repository {
             }
             Claimed::Held(key) => {
                 let written = async {
-                    if let Precondition::Version(expected) = precondition {
-                        return Err(RepoError::PreconditionFailed {
-                            expected,
-                            current: None,
-                        });
-                    }
+                    precondition.check(None)?;
                     match body_id {
                         // The client names the id: an update-as-create of that id.
                         Some(id) => {

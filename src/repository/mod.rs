@@ -100,6 +100,18 @@ pub enum Precondition {
     Version(u64),
 }
 
+impl Precondition {
+    /// 412 unless `current` (the current version, if any) is the one asked for.
+    pub fn check(self, current: Option<u64>) -> Result<(), RepoError> {
+        match self {
+            Precondition::Version(expected) if current != Some(expected) => {
+                Err(RepoError::PreconditionFailed { expected, current })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Repository {
     pub fn new(
         index: Arc<dyn IndexStore>,

@@ -480,36 +480,10 @@ impl Repository {
                 precondition,
             } => {
                 let current = self.index.current(resource_type.as_str(), id).await?;
-                let current_version = current.as_ref().map(|r| r.version);
-                if let Precondition::Version(expected) = *precondition
-                    && current_version != Some(expected)
-                {
-                    return Err(RepoError::PreconditionFailed {
-                        expected,
-                        current: current_version,
-                    });
-                }
-                let created = current.as_ref().is_none_or(VersionRecord::deleted);
-                if created {
-                    self.require_interaction(principal, Permission::Create, Some(*resource_type))
-                        .await?;
-                }
-                if let Some(existing) = &current {
-                    self.require(principal, Permission::Update, existing, Some(resource))
-                        .await?;
-                }
-                let write = Write {
-                    principal,
-                    permission: if created {
-                        Permission::Create
-                    } else {
-                        Permission::Update
-                    },
-                    resource_type: *resource_type,
-                    id,
-                    current: current.as_ref(),
-                    method: Method::Update,
-                };
+                precondition.check(current.as_ref().map(|r| r.version))?;
+                let (write, created) = self
+                    .update_of(principal, *resource_type, id, current.as_ref(), resource)
+                    .await?;
                 let staged = self.stage_version(write, resource).await?;
                 Ok(staged_result(staged, created, *resource_type, id, commits))
             }
@@ -527,14 +501,7 @@ impl Repository {
                         .ok_or_else(|| RepoError::not_found(*resource_type, id, None))?;
                     self.require(principal, Permission::Delete, &current, None)
                         .await?;
-                    if let Precondition::Version(expected) = *precondition
-                        && current.version != expected
-                    {
-                        return Err(RepoError::PreconditionFailed {
-                            expected,
-                            current: Some(current.version),
-                        });
-                    }
+                    precondition.check(Some(current.version))?;
                     if current.deleted() {
                         continue;
                     }

@@ -110,39 +110,10 @@ impl Repository {
     ) -> Result<Written, RepoError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self.index.current(resource_type.as_str(), id).await?;
-            let current_version = current.as_ref().map(|r| r.version);
-            if let Precondition::Version(expected) = precondition
-                && current_version != Some(expected)
-            {
-                return Err(RepoError::PreconditionFailed {
-                    expected,
-                    current: current_version,
-                });
-            }
-            let created = current.as_ref().is_none_or(VersionRecord::deleted);
-            // Update-as-create creates: it needs `c` as well as `u`.
-            if created {
-                self.require_interaction(principal, Permission::Create, Some(resource_type))
-                    .await?;
-            }
-            // The version replaced must be within reach too (a delete keeps its compartment,
-            // and is judged by the content replacing it).
-            if let Some(existing) = &current {
-                self.require(principal, Permission::Update, existing, Some(&resource))
-                    .await?;
-            }
-            let write = Write {
-                principal,
-                permission: if created {
-                    Permission::Create
-                } else {
-                    Permission::Update
-                },
-                resource_type,
-                id,
-                current: current.as_ref(),
-                method: Method::Update,
-            };
+            precondition.check(current.as_ref().map(|r| r.version))?;
+            let (write, created) = self
+                .update_of(principal, resource_type, id, current.as_ref(), &resource)
+                .await?;
             match self.write_version(write, &mut resource).await {
                 Ok(version) => {
                     return Ok(Written {
@@ -168,6 +139,43 @@ impl Repository {
         Err(RepoError::Conflict(
             "the resource is being updated concurrently; retry".into(),
         ))
+    }
+
+    /// The write of an update of `current` (`None`, or a delete: an update-as-create) to
+    /// `resource`, once `principal` may make it; and whether it creates.
+    pub(super) async fn update_of<'a>(
+        &self,
+        principal: &'a Principal,
+        resource_type: ResourceType,
+        id: &'a str,
+        current: Option<&'a VersionRecord>,
+        resource: &Json,
+    ) -> Result<(Write<'a>, bool), RepoError> {
+        let created = current.is_none_or(VersionRecord::deleted);
+        // Update-as-create creates: it needs `c` as well as `u`.
+        if created {
+            self.require_interaction(principal, Permission::Create, Some(resource_type))
+                .await?;
+        }
+        // The version replaced must be within reach too (a delete keeps its compartment,
+        // and is judged by the content replacing it).
+        if let Some(existing) = current {
+            self.require(principal, Permission::Update, existing, Some(resource))
+                .await?;
+        }
+        let write = Write {
+            principal,
+            permission: if created {
+                Permission::Create
+            } else {
+                Permission::Update
+            },
+            resource_type,
+            id,
+            current,
+            method: Method::Update,
+        };
+        Ok((write, created))
     }
 
     /// Seals and stores the version after `write.current`, then commits it to the index.
@@ -284,14 +292,7 @@ impl Repository {
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
             self.require(principal, Permission::Delete, &current, None)
                 .await?;
-            if let Precondition::Version(expected) = precondition
-                && current.version != expected
-            {
-                return Err(RepoError::PreconditionFailed {
-                    expected,
-                    current: Some(current.version),
-                });
-            }
+            precondition.check(Some(current.version))?;
             if current.deleted() {
                 return Ok(None);
             }
@@ -398,14 +399,7 @@ impl Repository {
                 .current(resource_type.as_str(), id)
                 .await?
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
-            if let Precondition::Version(expected) = precondition
-                && current.version != expected
-            {
-                return Err(RepoError::PreconditionFailed {
-                    expected,
-                    current: Some(current.version),
-                });
-            }
+            precondition.check(Some(current.version))?;
             if current.deleted() {
                 return Err(RepoError::Gone(Box::new(current)));
             }
