@@ -333,7 +333,13 @@ pub async fn build(config: &Config) -> Result<HttpState, StartupError> {
             .repo
             .enable_audit(crate::audit::AuditLog::start(sink, source));
     }
+    let exports = crate::bulk::Exports::new(
+        stores.repo.clone(),
+        config.data_dir.join("exports"),
+        config.export_retention,
+    );
     Ok(HttpState {
+        exports,
         repo: stores.repo,
         auth,
         settings: Arc::new(HttpSettings {
@@ -404,6 +410,13 @@ pub async fn serve(
     background: Background,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The portal's client, for the addresses this server is reached at now (the port may be
+    // another one than at the last start); before the listener serves, so the portal can sign
+    // in from the first request.
+    let portal = crate::portal::client(state.settings.base_url.as_deref(), listener.local_addr()?);
+    if let Err(e) = state.auth.accounts.add_client(&portal).await {
+        tracing::error!(error = %e, "the patient portal's client could not be registered: the portal cannot sign in");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if let Some(interval) = background.sweep_interval {

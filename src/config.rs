@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Most resources one conditional delete removes (more matches get 412, deleting none).
     #[arg(long, env = "INTELLIHEALTH_CONDITIONAL_DELETE_LIMIT")]
     pub conditional_delete_limit: Option<usize>,
+    /// Seconds a finished Bulk Data export's files are kept for their client (default 3600).
+    #[arg(long, env = "INTELLIHEALTH_EXPORT_RETENTION_SECS")]
+    pub export_retention_secs: Option<u64>,
     /// Seconds between background sweeps of unreferenced blobs (0 turns the sweeper off).
     #[arg(long, env = "INTELLIHEALTH_SWEEP_INTERVAL_SECS")]
     pub sweep_interval_secs: Option<u64>,
@@ -121,6 +124,11 @@ pub struct ServeArgs {
     /// Minutes a break-glass access lasts.
     #[arg(long, env = "INTELLIHEALTH_BREAK_GLASS_MINUTES")]
     pub break_glass_minutes: Option<u64>,
+    /// Seed a demo patient with a realistic record, her doctor and their logins (once: a
+    /// later start with --demo adds nothing), and print the logins and the portal's address
+    /// (kept in DATA_DIR/demo-logins.txt).
+    #[arg(long)]
+    pub demo: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -134,6 +142,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_bundle_entries: Option<usize>,
     conditional_delete_limit: Option<usize>,
+    export_retention_secs: Option<u64>,
     backend_timeout_ms: Option<u64>,
     blob_cache_bytes: Option<usize>,
     data_dir: Option<PathBuf>,
@@ -227,6 +236,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_bundle_entries: usize,
     pub conditional_delete_limit: usize,
+    /// How long a finished Bulk Data export's files are kept.
+    pub export_retention: Duration,
     pub backend_timeout: Duration,
     /// Capacity of the in-memory cache of sealed blobs, in bytes (0: no cache).
     pub blob_cache_bytes: usize,
@@ -400,6 +411,11 @@ impl Config {
                 .conditional_delete_limit
                 .or(file.conditional_delete_limit)
                 .unwrap_or(crate::repository::conditional::DEFAULT_CONDITIONAL_DELETE_LIMIT),
+            export_retention: args
+                .export_retention_secs
+                .or(file.export_retention_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(crate::bulk::DEFAULT_RETENTION),
             backend_timeout: Duration::from_millis(
                 args.storage
                     .backend_timeout_ms

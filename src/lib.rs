@@ -3,8 +3,9 @@
 //!
 //! The rooms, top to bottom (see ARCHITECTURE.md for the codemap and each room's invariant):
 //! `http` and `admin` (the faces) → `repository` → the domain rooms `auth`, `fhir`, `search`,
-//! `vault`, `consent`, `audit` → the seams `index` (IndexStore), `vault::blob` (BlobStore) and `ledger`
-//! (Ledger). `config` and `app` wire them; `main` is the CLI.
+//! `vault`, `consent`, `audit` (and `bulk`, the export jobs, beside `repository`) → the seams `index` (IndexStore), `vault::blob` (BlobStore) and `ledger`
+//! (Ledger). `config` and `app` wire them; `main` is the CLI. `portal` is the patient portal's
+//! embedded assets, OAuth client and demo record.
 //!
 //! Without the `server` feature only `fhir` and `search` are built: pure functions over JSON,
 //! which is all the fuzz targets need.
@@ -17,6 +18,8 @@ pub mod app;
 pub mod audit;
 #[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
+pub mod bulk;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
@@ -32,6 +35,8 @@ pub mod index;
 pub mod ledger;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod portal;
 #[cfg(feature = "server")]
 pub mod repository;
 pub mod search;

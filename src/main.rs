@@ -2,6 +2,8 @@
 
 mod audit_cli;
 mod consent_cli;
+mod import_cli;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -10,6 +12,8 @@ use intellihealth::admin::{self, AdminRequest};
 use intellihealth::app;
 use intellihealth::auth::accounts::{Client, ClientAuth, User, hash_secret};
 use intellihealth::config::{Config, ServeArgs, StorageArgs};
+
+use progress::ProgressBar;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +62,10 @@ enum Command {
     /// Rebuild the search entries made under another set of search parameters (after custom
     /// parameters changed, or an upgrade), with progress; stopped, it resumes where it was.
     Reindex(ReindexArgs),
+    /// Load resources from NDJSON files and Bundles (gzipped or not), or folders of them,
+    /// into the stores directly, as the server itself; importing the same files again writes
+    /// nothing.
+    Import(import_cli::ImportArgs),
     /// A patient's consent through a running server's API: bind a wallet, grant, revoke, list
     /// (signed with the patient's key file; no browser needed).
     #[command(subcommand)]
@@ -182,6 +190,7 @@ fn main() -> std::process::ExitCode {
             Command::Clients(command) => clients(command).await,
             Command::Keys(command) => keys(command).await,
             Command::Reindex(args) => reindex(args).await,
+            Command::Import(args) => import_cli::run(args).await,
             Command::Consent(command) => consent_cli::run(command).await,
             Command::Audit(command) => audit_cli::run(command).await,
         }
@@ -202,12 +211,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         state = app::build(&config) => state.map_err(|e| e.to_string())?,
         () = shutdown_signal() => return Ok(()),
     };
+    let demo = match args.demo {
+        true => Some(
+            intellihealth::portal::demo::seed(&state.repo, &state.auth.accounts, &config.data_dir)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
+    if let Some(demo) = &demo {
+        tracing::info!(
+            resources_written = demo.written,
+            logins = %demo.logins_file.display(),
+            "demo record and logins in place"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    // The one line on standard output: scripts and tests read the chosen port from it.
+    // The first line on standard output: scripts and tests read the chosen port from it.
     println!("intellihealth listening on http://{address}/fhir");
+    print_portal(&config, address, demo.as_ref());
     tracing::info!(
         %address,
         profile = config.backends.profile(),
@@ -224,6 +249,35 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     tracing::info!("stopped: in-flight requests drained, stores flushed");
     Ok(())
+}
+
+/// After the first line: where the portal is, and with `--demo` its logins. Written without
+/// panicking: a reader that took only the first line (and closed the pipe) must not stop the
+/// server. The passwords go to standard output only, never to the log.
+fn print_portal(
+    config: &Config,
+    address: std::net::SocketAddr,
+    demo: Option<&intellihealth::portal::demo::Demo>,
+) {
+    use std::io::Write;
+    let mut text = format!(
+        "intellihealth portal at {}\n",
+        intellihealth::portal::url(config.base_url.as_deref(), address)
+    );
+    if let Some(demo) = demo {
+        text.push_str(&format!(
+            "demo logins (kept in {}):\n",
+            demo.logins_file.display()
+        ));
+        for login in &demo.logins {
+            text.push_str(&format!(
+                "  {}  {}  ({})\n",
+                login.username, login.password, login.fhir_user
+            ));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 async fn reindex(args: ReindexArgs) -> Result<(), String> {
@@ -259,68 +313,6 @@ async fn reindex(args: ReindexArgs) -> Result<(), String> {
     bar.finish();
     println!("reindexed {} resources", done.done);
     Ok(())
-}
-
-/// Progress on standard error: a bar redrawn in place on a terminal, a line every few
-/// seconds otherwise (a log, a pipe).
-struct ProgressBar {
-    what: &'static str,
-    started: std::time::Instant,
-    last_line: Option<std::time::Instant>,
-    terminal: bool,
-    drawn: bool,
-}
-
-impl ProgressBar {
-    fn new(what: &'static str) -> ProgressBar {
-        use std::io::IsTerminal;
-        ProgressBar {
-            what,
-            started: std::time::Instant::now(),
-            last_line: None,
-            terminal: std::io::stderr().is_terminal(),
-            drawn: false,
-        }
-    }
-
-    fn show(&mut self, done: usize, total: usize) {
-        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / elapsed;
-        let eta = if rate > 0.0 && total > done {
-            format!("{:.0} s", (total - done) as f64 / rate)
-        } else {
-            "—".into()
-        };
-        let share = if total == 0 {
-            1.0
-        } else {
-            done as f64 / total as f64
-        };
-        if self.terminal {
-            let filled = (share * 30.0).round() as usize;
-            eprint!(
-                "\r{} [{}{}] {done}/{total} ({:.0} %) {rate:.0}/s ETA {eta}   ",
-                self.what,
-                "#".repeat(filled.min(30)),
-                ".".repeat(30 - filled.min(30)),
-                share * 100.0
-            );
-            self.drawn = true;
-        } else if self
-            .last_line
-            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(5))
-            || done == total
-        {
-            eprintln!("{}: {done} of {total} ({rate:.0}/s, ETA {eta})", self.what);
-            self.last_line = Some(std::time::Instant::now());
-        }
-    }
-
-    fn finish(&mut self) {
-        if self.drawn {
-            eprintln!();
-        }
-    }
 }
 
 async fn sweep(args: SweepArgs) -> Result<(), String> {

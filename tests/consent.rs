@@ -16,54 +16,12 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
-use common::actors::{Actors, Api, Reply, Started, actors, eventually, now, seed, start};
-use common::wallet::{Wallet, bind, sign_with_eth_account, typed_data, wallet};
+use common::actors::{Actors, Started, actors, eventually, now, seed, start};
+use common::wallet::{
+    Wallet, bind, draft, grant, sign_with_eth_account, signed, typed_data, wallet,
+};
 use common::{Profile, signal};
 use serde_json::{Value, json};
-
-fn instant(secs: u64) -> String {
-    intellihealth::fhir::instant::format_instant((secs * 1000) as i64)
-}
-
-/// A draft grant from `patient` to `grantee` (a reference, or a client id).
-fn draft(patient: &str, grantee: Value, types: &[&str], expiry: u64) -> Value {
-    let mut provision = json!({
-        "type": "permit",
-        "period": {"end": instant(expiry)},
-        "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}, "reference": grantee}],
-        "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}],
-    });
-    if !types.is_empty() {
-        provision["class"] = types
-            .iter()
-            .map(|t| json!({"system": "http://hl7.org/fhir/resource-types", "code": t}))
-            .collect();
-    }
-    json!({
-        "resourceType": "Consent",
-        "status": "proposed",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient}")},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "provision": provision,
-    })
-}
-
-fn signed(mut consent: Value, signature: &str) -> Value {
-    consent["extension"] = json!([{
-        "url": "https://intellihealth.dev/fhir/StructureDefinition/eip712-signature",
-        "valueString": signature,
-    }]);
-    consent
-}
-
-/// Prepares, signs (with `signer`) and posts a grant; the reply and the signed Consent.
-async fn grant(api: &Api, consent: &Value, signer: &Wallet) -> (Reply, Value) {
-    let typed = typed_data(&api.post("Consent/$prepare", consent).await);
-    let body = signed(consent.clone(), &sign_with_eth_account(&typed, &signer.key));
-    (api.post("Consent", &body).await, body)
-}
 
 /// The scenario both ledgers must pass. Returns the actors (for what only one ledger can show)
 /// and the Observation.

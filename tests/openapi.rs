@@ -24,12 +24,24 @@ fn the_committed_openapi_document_is_current() {
         "/fhir/_history",
         "/fhir/metadata",
         "/fhir",
+        "/fhir/$export",
+        "/fhir/Patient/$export",
+        "/fhir/Group/{id}/$export",
+        "/fhir/$export-status/{job}",
+        "/fhir/$export-file/{job}/{file}",
     ] {
         assert!(document["paths"][path].is_object(), "{path} is documented");
     }
-    // Conditional update and delete, PATCH, batch and transaction.
+    // Conditional update, patch and delete, PATCH, batch and transaction.
     assert!(document["paths"]["/fhir/{type}"]["put"].is_object());
     assert!(document["paths"]["/fhir/{type}"]["delete"].is_object());
     assert!(document["paths"]["/fhir/{type}/{id}"]["patch"].is_object());
+    // Both kinds of patch, by id and by criteria.
+    for path in ["/fhir/{type}/{id}", "/fhir/{type}"] {
+        let content = &document["paths"][path]["patch"]["requestBody"]["content"];
+        assert!(content["application/json-patch+json"].is_object(), "{path}");
+        assert!(content["application/fhir+json"].is_object(), "{path}");
+    }
     assert!(document["paths"]["/fhir"]["post"].is_object());
+    assert!(document["paths"]["/fhir/$export-status/{job}"]["delete"].is_object());
 }

@@ -3,9 +3,11 @@
 //! table. It runs against IntelliHealth in both profiles, or against any peer server.
 //!
 //! Also a load driver (`bench`) measuring create and read throughput and latency, a soak
-//! (`soak`) holding a mixed load for minutes, and a consent benchmark (`bench-consent`).
+//! (`soak`) holding a mixed load for minutes, a consent benchmark (`bench-consent`), and a
+//! transaction and Bulk Data export benchmark (`bench-bulk`).
 
 pub mod bench;
+pub mod bulk_bench;
 pub mod client;
 pub mod consent_bench;
 pub mod keys;

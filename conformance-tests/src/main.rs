@@ -28,6 +28,23 @@ enum Command {
     BenchSearch(SearchBenchArgs),
     /// Measure grant- and revocation-to-enforced latency and reads by a granted client.
     BenchConsent(ConsentBenchArgs),
+    /// Measure transaction Bundles per second, then one whole Bulk Data export.
+    BenchBulk(BulkBenchArgs),
+}
+
+#[derive(Args)]
+struct BulkBenchArgs {
+    #[arg(long, env = "FHIR_BASE_URL")]
+    base_url: String,
+    /// A custodian's token with system/*.cruds, from `FHIR_BEARER` (never a flag).
+    #[arg(skip = std::env::var("FHIR_BEARER").ok())]
+    bearer: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    bundles: usize,
+    #[arg(long, default_value_t = 100)]
+    entries: usize,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
 }
 
 #[derive(Args)]
@@ -184,6 +201,27 @@ async fn consent_bench_command(args: ConsentBenchArgs) -> ExitCode {
     }
 }
 
+async fn bulk_bench_command(args: BulkBenchArgs) -> ExitCode {
+    use conformance_tests::bulk_bench;
+    let options = bulk_bench::BulkBenchOptions {
+        base_url: args.base_url,
+        bearer: args.bearer,
+        bundles: args.bundles,
+        entries: args.entries,
+        concurrency: args.concurrency,
+    };
+    match bulk_bench::run(&options).await {
+        Ok(report) => {
+            print!("{}", bulk_bench::table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("conformance-tests bench-bulk: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -192,6 +230,7 @@ async fn main() -> ExitCode {
         Some(Command::Soak(args)) => soak_command(args).await,
         Some(Command::BenchSearch(args)) => search_bench_command(args).await,
         Some(Command::BenchConsent(args)) => consent_bench_command(args).await,
+        Some(Command::BenchBulk(args)) => bulk_bench_command(args).await,
         None => run_command(cli.run).await,
     }
 }

@@ -194,6 +194,15 @@ impl Accounts {
         self.get(CLIENT, client_id).await
     }
 
+    /// Every registered client (a record that does not read as a client is left out).
+    pub async fn clients(&self) -> Result<Vec<Client>, AuthError> {
+        let records = self.store.list_records(CLIENT).await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| serde_json::from_slice(&r.value).ok())
+            .collect())
+    }
+
     async fn put<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<(), AuthError> {
         Ok(records::put_json(self.store.as_ref(), kind, key, value, None).await?)
     }

@@ -17,13 +17,16 @@
 //! depend on the chain and stay served.
 //!
 //! `relay` builds the EIP-712 messages wallets sign and relays signed ones; `resource` turns
-//! draft FHIR Consents into grants and grants into the Consent resources that mirror the chain.
+//! draft FHIR Consents into grants and grants into the Consent resources that mirror the chain;
+//! `requests` shapes practitioners' access requests, the patient's answers and the directory of
+//! grantees (none of which grants anything).
 //!
 //! Owns: the consent rule and the registry's deployment record. Must not know HTTP; reaches
 //! the chain only through the `ledger` seam.
 
 pub mod erasure;
 pub mod relay;
+pub mod requests;
 pub mod resource;
 pub mod typed;
 
@@ -344,6 +347,51 @@ impl Consent {
         } else {
             Access::Denied
         }
+    }
+
+    /// The active, unexpired grants to `principal` itself, newest first: to its user (the
+    /// `fhirUser`) for a user's token — never to its client, which would show every user of an
+    /// app the grants other patients made to that app — and to its client for a backend
+    /// service's (no user, no patient in context). A token with a patient in context but no
+    /// user is a patient's own app: nothing is granted to it as such.
+    pub fn grants_to(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<consent::GrantRecord>, ConsentError> {
+        if self
+            .cache
+            .heard_ago()
+            .is_none_or(|ago| ago > self.settings.stale_after)
+        {
+            // Fail closed, like a decision that needs a grant: an old list could name a
+            // revoked grant.
+            return Err(ConsentError::Unavailable(
+                "the chain has not been heard from within the bound".into(),
+            ));
+        }
+        let grantee = match (&principal.fhir_user, &principal.patient) {
+            (Some(user), _) => self.identities.reference(user),
+            (None, None) => self.identities.client(&principal.client_id),
+            (None, Some(_)) => return Ok(Vec::new()),
+        };
+        let now = now_secs();
+        Ok(self
+            .cache
+            .grants_to(grantee)
+            .into_iter()
+            .filter(|g| !g.revoked && now < g.expiry && self.cache.erased_at(g.patient).is_none())
+            .collect())
+    }
+
+    /// Whether `grant_id` is an active, unexpired grant on chain from `patient` (an id) to
+    /// `grantee` (a reference such as `Practitioner/abc`).
+    pub fn is_active_grant(&self, grant_id: B256, patient: &str, grantee: &str) -> bool {
+        self.cache.grant(grant_id).is_some_and(|g| {
+            !g.revoked
+                && now_secs() < g.expiry
+                && g.patient == self.identities.patient(patient)
+                && g.grantee == self.identities.reference(grantee)
+        })
     }
 
     /// Who `principal` is on chain: its user (a `fhirUser` reference) and its client.

@@ -38,6 +38,10 @@ pub struct ServerFacts<'a> {
     pub search_params: &'a dyn Fn(ResourceType) -> Vec<SearchParamFacts>,
 }
 
+/// Bulk Data Access 2.0's export, served at the system level, on Patient and on a Group.
+const EXPORT_DEFINITION: &str = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export";
+const EXPORT_DOCUMENTATION: &str = "Bulk Data export (async: Prefer: respond-async, 202 and Content-Location, poll for X-Progress then the manifest, DELETE cancels): _type, _since and _outputFormat=application/fhir+ndjson; one or more NDJSON files per type, holding exactly what the token could read (scopes and the patients' consent), served only to the client that asked, removed after the retention time";
+
 pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
     let resources: Vec<Json> = ResourceType::all()
         .map(|t| resource_entry(t, &(facts.search_params)(t)))
@@ -48,6 +52,12 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
         ("date", Json::str(facts.started_at)),
         ("publisher", Json::str("IntelliHealth")),
         ("kind", Json::str("instance")),
+        (
+            "instantiates",
+            Json::Array(vec![Json::str(
+                "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",
+            )]),
+        ),
         (
             "software",
             object([
@@ -70,6 +80,14 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
             "format",
             Json::Array(vec![Json::str("application/fhir+json"), Json::str("json")]),
         ),
+        // The two kinds of PATCH body: JSON Patch, and FHIRPath Patch (a Parameters resource).
+        (
+            "patchFormat",
+            Json::Array(vec![
+                Json::str("application/json-patch+json"),
+                Json::str("application/fhir+json"),
+            ]),
+        ),
         (
             "rest",
             Json::Array(vec![object([
@@ -87,19 +105,28 @@ pub fn capability_statement(facts: &ServerFacts<'_>) -> Json {
                 ),
                 (
                     "operation",
-                    Json::Array(vec![object([
-                        ("name", Json::str("reindex")),
-                        (
-                            "definition",
-                            Json::str("https://intellihealth.dev/fhir/OperationDefinition/reindex"),
-                        ),
-                        (
-                            "documentation",
-                            Json::str(
-                                "POST starts rebuilding the search entries made under other search parameters; GET reports progress (admin token)",
+                    Json::Array(vec![
+                        object([
+                            ("name", Json::str("reindex")),
+                            (
+                                "definition",
+                                Json::str(
+                                    "https://intellihealth.dev/fhir/OperationDefinition/reindex",
+                                ),
                             ),
-                        ),
-                    ])]),
+                            (
+                                "documentation",
+                                Json::str(
+                                    "POST starts rebuilding the search entries made under other search parameters; GET reports progress (admin token)",
+                                ),
+                            ),
+                        ]),
+                        object([
+                            ("name", Json::str("export")),
+                            ("definition", Json::str(EXPORT_DEFINITION)),
+                            ("documentation", Json::str(EXPORT_DOCUMENTATION)),
+                        ]),
+                    ]),
                 ),
             ])]),
         ),
@@ -247,17 +274,41 @@ fn resource_entry(resource_type: ResourceType, params: &[SearchParamFacts]) -> J
                 "https://intellihealth.dev/fhir/OperationDefinition/Patient-wallet-binding",
                 "GET ?address= gives the EIP-712 typed data binding a wallet to the patient; POST a Parameters of address and signature binds it on chain (the patient or a custodian)",
             ),
+            operation("export", EXPORT_DEFINITION, EXPORT_DOCUMENTATION),
             operation(
                 "purge",
                 "https://intellihealth.dev/fhir/OperationDefinition/Patient-purge",
                 "Erasure at the patient's request (crypto-shredding): GET gives the EIP-712 typed data the patient's wallet signs; a custodian POSTs a Parameters with that signature, the erasure is recorded on chain (recordErasure), the patient's data key is destroyed, their index rows and blobs removed; every read of their resources is then 410, and their AuditEvents stay",
             ),
         ],
-        "Consent" => vec![operation(
-            "prepare",
-            "https://intellihealth.dev/fhir/OperationDefinition/Consent-prepare",
-            "The EIP-712 typed data of the grant a draft Consent describes (or of the revocation of a grant's Consent with status inactive); POST the Consent with the signature in the eip712-signature extension to grant, PUT it to revoke",
-        )],
+        "Consent" => vec![
+            operation(
+                "prepare",
+                "https://intellihealth.dev/fhir/OperationDefinition/Consent-prepare",
+                "The EIP-712 typed data of the grant a draft Consent describes (or of the revocation of a grant's Consent with status inactive); POST the Consent with the signature in the eip712-signature extension to grant, PUT it to revoke",
+            ),
+            operation(
+                "request-access",
+                "https://intellihealth.dev/fhir/OperationDefinition/Consent-request-access",
+                "A practitioner (fhirUser Practitioner) asks a patient for access: POST a Parameters of patient (valueReference), type (valueCode, repeated; none = all), days (valueInteger 1-365, default 30) and reason (valueString); the server writes a Consent with status proposed (201), or answers the practitioner's request to that patient already pending (200). It grants nothing: the patient signs a grant",
+            ),
+            operation(
+                "answer",
+                "https://intellihealth.dev/fhir/OperationDefinition/Consent-answer",
+                "The patient answers an access request (POST Consent/{id}/$answer): answer declined (the request becomes rejected) or approved with grant, the id of the active grant they signed for the requester (the request becomes inactive, referencing the grant's Consent)",
+            ),
+            operation(
+                "granted-to-me",
+                "https://intellihealth.dev/fhir/OperationDefinition/Consent-granted-to-me",
+                "GET: a collection Bundle of the Consents mirroring the active, unexpired grants to the caller (its fhirUser; a backend service's client id)",
+            ),
+            operation(
+                "grantees",
+                "https://intellihealth.dev/fhir/OperationDefinition/Consent-grantees",
+                "GET ?name=: whom a patient can grant to, at most 50: Practitioners and Organizations (id and name) and registered confidential clients (Basic entries with the client id)",
+            ),
+        ],
+        "Group" => vec![operation("export", EXPORT_DEFINITION, EXPORT_DOCUMENTATION)],
         "AuditEvent" => vec![operation(
             "verify",
             "https://intellihealth.dev/fhir/OperationDefinition/AuditEvent-verify",
@@ -294,6 +345,8 @@ mod tests {
             },
         });
         validate(&statement, Handling::Strict).expect("valid CapabilityStatement");
+        let patch_formats = statement.get("patchFormat").unwrap().as_array().unwrap();
+        assert_eq!(patch_formats.len(), 2, "JSON Patch and FHIRPath Patch");
         let rest = &statement.get("rest").unwrap().as_array().unwrap()[0];
         assert_eq!(rest.get("resource").unwrap().as_array().unwrap().len(), 145);
     }

@@ -2,13 +2,15 @@
 //! and what the server says about itself (CapabilityStatement).
 //!
 //! Owns: the client's JSON (`json`), R4 structure (`definitions`, `primitives`, `validate`),
-//! the `meta` rules (`resource`), the CapabilityStatement (`capability`), and the `Issue` type
-//! every room uses to explain a refusal.
+//! the `meta` rules (`resource`), patches (`patch`: JSON Patch and the document of either
+//! kind; `fhirpath_patch`: FHIRPath Patch), the CapabilityStatement (`capability`), and the
+//! `Issue` type every room uses to explain a refusal.
 //! Must not touch: storage, keys, HTTP. It turns bytes into a checked resource and back, and
 //! never learns where either comes from.
 
 pub mod capability;
 pub mod definitions;
+pub mod fhirpath_patch;
 pub mod instant;
 pub mod json;
 pub mod patch;

@@ -1,20 +1,64 @@
-//! JSON Patch (RFC 6902) applied to a resource as stored: `add`, `remove`, `replace`, `move`,
-//! `copy` and `test`, with JSON Pointers (RFC 6901). All or nothing: the patch works on a
+//! A PATCH body as a document of either kind, and JSON Patch (RFC 6902) applied to a resource
+//! as stored: `add`, `remove`, `replace`, `move`, `copy` and `test`, with JSON Pointers
+//! (RFC 6901). FHIRPath Patch is `fhirpath_patch`; `PatchDocument` is the one thing the
+//! repository applies, whichever kind the client sent. All or nothing: a patch works on a
 //! copy, so a failing operation leaves the resource as it was. What the result must be (a
 //! valid resource of the same type and id) is the caller's check.
 
+use super::fhirpath_patch::FhirPathPatch;
 use super::json::Json;
 
+/// Why a patch cannot be applied (either kind): the repository answers 422, nothing changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatchError {
+    #[error("the patch is not JSON: {0}")]
+    NotJson(String),
     #[error("the patch is not a JSON Patch document: {0}")]
     Malformed(String),
+    #[error("the patch is not a FHIRPath Patch (a Parameters resource of operations): {0}")]
+    MalformedFhirPath(String),
     #[error("operation {index} ({op}) failed: {why}")]
     Failed {
         index: usize,
         op: String,
         why: String,
     },
+}
+
+/// Which kind of patch a body is (its Content-Type says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchFormat {
+    /// `application/json-patch+json`: RFC 6902.
+    JsonPatch,
+    /// `application/fhir+json` (or `application/json`): a FHIRPath Patch `Parameters`.
+    FhirPath,
+}
+
+/// A patch read from its body, ready to apply to any version.
+#[derive(Debug)]
+pub enum PatchDocument {
+    JsonPatch(Json),
+    FhirPath(FhirPathPatch),
+}
+
+impl PatchDocument {
+    /// Reads a body of `format`: JSON, and for a FHIRPath Patch its operations (so a malformed
+    /// one is refused before any resource is read).
+    pub fn parse(format: PatchFormat, body: &[u8]) -> Result<PatchDocument, PatchError> {
+        let json = super::json::parse(body).map_err(|e| PatchError::NotJson(e.to_string()))?;
+        Ok(match format {
+            PatchFormat::JsonPatch => PatchDocument::JsonPatch(json),
+            PatchFormat::FhirPath => PatchDocument::FhirPath(FhirPathPatch::parse(&json)?),
+        })
+    }
+
+    /// The patched copy of `resource`.
+    pub fn apply(&self, resource: &Json) -> Result<Json, PatchError> {
+        match self {
+            PatchDocument::JsonPatch(operations) => apply(resource, operations),
+            PatchDocument::FhirPath(patch) => patch.apply(resource),
+        }
+    }
 }
 
 /// Applies `patch` (a JSON array of operations) to `document`.

@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 
 use super::HttpState;
 use super::outcome::ApiError;
+use crate::fhir::patch::PatchFormat;
 
 /// Most bytes of a refused body read and discarded so the client can read the 413.
 const DRAIN_BYTES: usize = 64 * 1024 * 1024;
@@ -43,10 +44,12 @@ where
     }
 }
 
-/// The body of a PATCH: a JSON Patch document (`application/json-patch+json`), or FHIR JSON
-/// (a FHIRPath Patch `Parameters`), within the size limit.
+/// The body of a PATCH, and which kind of patch it is by its Content-Type: a JSON Patch
+/// (`application/json-patch+json`), or a FHIRPath Patch `Parameters` (FHIR JSON:
+/// `application/fhir+json` or `application/json`); anything else is 415. Within the size
+/// limit.
 pub struct PatchBody {
-    pub json_patch: bool,
+    pub format: PatchFormat,
     pub bytes: Vec<u8>,
 }
 
@@ -58,28 +61,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = request.headers().get(header::CONTENT_TYPE);
-        let json_patch = content_type
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|media| {
-                media
-                    .trim()
-                    .eq_ignore_ascii_case("application/json-patch+json")
-            });
-        if !json_patch {
-            check_content_type(content_type).map_err(|_| {
-                ApiError::UnsupportedMediaType(
-                    "a PATCH body is a JSON Patch (Content-Type: application/json-patch+json) \
-                     or a FHIRPath Patch Parameters (application/fhir+json)"
-                        .into(),
-                )
-            })?;
-        }
+        let format = patch_format(request.headers().get(header::CONTENT_TYPE))?;
         let limit = HttpState::from_ref(state).settings.max_body_bytes;
         let bytes = read_within(request, limit).await?;
-        Ok(PatchBody { json_patch, bytes })
+        Ok(PatchBody { format, bytes })
     }
+}
+
+/// The kind of patch a Content-Type announces.
+fn patch_format(content_type: Option<&header::HeaderValue>) -> Result<PatchFormat, ApiError> {
+    let json_patch = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/json-patch+json")
+        });
+    if json_patch {
+        return Ok(PatchFormat::JsonPatch);
+    }
+    check_content_type(content_type).map_err(|_| {
+        ApiError::UnsupportedMediaType(
+            "a PATCH body is a JSON Patch (Content-Type: application/json-patch+json) or a \
+             FHIRPath Patch Parameters (application/fhir+json)"
+                .into(),
+        )
+    })?;
+    Ok(PatchFormat::FhirPath)
 }
 
 /// The body, refused (413) past `limit` bytes.
@@ -201,5 +210,26 @@ mod tests {
             );
         }
         assert!(check_content_type(None).is_err());
+    }
+
+    #[test]
+    fn tells_the_two_kinds_of_patch_apart() {
+        let format = |value: Option<&'static str>| {
+            let value = value.map(HeaderValue::from_static);
+            patch_format(value.as_ref()).ok()
+        };
+        let json_patch = Some(PatchFormat::JsonPatch);
+        let fhirpath = Some(PatchFormat::FhirPath);
+        assert_eq!(format(Some("application/json-patch+json")), json_patch);
+        assert_eq!(
+            format(Some("Application/JSON-Patch+JSON; charset=utf-8")),
+            json_patch
+        );
+        assert_eq!(format(Some("application/fhir+json")), fhirpath);
+        assert_eq!(format(Some("application/json")), fhirpath);
+        assert_eq!(format(Some("application/fhir+json; charset=latin1")), None);
+        assert_eq!(format(Some("application/merge-patch+json")), None);
+        assert_eq!(format(Some("application/fhir+xml")), None);
+        assert_eq!(format(None), None);
     }
 }

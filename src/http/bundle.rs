@@ -22,10 +22,11 @@ use super::outcome::{ApiError, outcome_resource};
 use crate::auth::Principal;
 use crate::fhir::instant::format_instant;
 use crate::fhir::json::{Json, Object, object};
+use crate::fhir::patch::{PatchDocument, PatchFormat};
 use crate::fhir::resource::ResourceType;
-use crate::repository::ResourceVersion;
 use crate::repository::conditional::Criteria;
 use crate::repository::transaction::{Target, TxEntry, TxRequest, TxResult};
+use crate::repository::{Precondition, RepoError, ResourceVersion};
 
 #[utoipa::path(post, path = "/fhir", tag = "bundle",
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "A Bundle of type batch or transaction"),
@@ -234,17 +235,7 @@ impl EntryRequest {
                 .map(Json::to_bytes)
                 .ok_or_else(|| ApiError::BadRequest("the entry has no resource to write".into()))
         };
-        let if_match = self
-            .if_match
-            .as_deref()
-            .map(|tag| {
-                parse_version_tag(tag).ok_or_else(|| {
-                    ApiError::BadRequest(
-                        "request.ifMatch must be a version tag such as W/\"3\"".into(),
-                    )
-                })
-            })
-            .transpose()?;
+        let precondition = self.precondition()?;
         let target = |what: &str| -> Result<Target, ApiError> {
             match (segments.as_slice(), query) {
                 ([_, id], None) => Ok(Target::Id((*id).to_owned())),
@@ -272,6 +263,12 @@ impl EntryRequest {
                         Criteria::parse(criteria.trim_start_matches('?'), "create")
                     })
                     .transpose()?;
+                // ifNoneMatch * holds for any create; a version names one it cannot have.
+                if precondition != Precondition::None && precondition != Precondition::Absent {
+                    return Err(ApiError::BadRequest(
+                        "a create takes no ifMatch, and ifNoneMatch only as *".into(),
+                    ));
+                }
                 Ok(TxRequest::Create {
                     resource_type,
                     body: body()?,
@@ -282,19 +279,96 @@ impl EntryRequest {
                 resource_type,
                 target: target("update")?,
                 body: body()?,
-                if_match,
+                precondition,
             }),
-            Method::DELETE => Ok(TxRequest::Delete {
-                resource_type,
-                target: target("delete")?,
-                if_match,
-            }),
+            Method::PATCH => {
+                let resource = self.resource.as_ref().ok_or_else(|| {
+                    ApiError::BadRequest("the PATCH entry has no resource (the patch)".into())
+                })?;
+                let (format, bytes) = patch_body(resource)?;
+                Ok(TxRequest::Patch {
+                    resource_type,
+                    target: target("patch")?,
+                    patch: PatchDocument::parse(format, &bytes).map_err(RepoError::from)?,
+                    precondition,
+                })
+            }
+            Method::DELETE => {
+                // As alone: a delete does not implement If-None-Match.
+                if self.if_none_match.is_some() {
+                    return Err(ApiError::NotSupported(
+                        "request.ifNoneMatch is not supported on a delete; nothing was written"
+                            .into(),
+                    ));
+                }
+                Ok(TxRequest::Delete {
+                    resource_type,
+                    target: target("delete")?,
+                    precondition,
+                })
+            }
             _ => Err(ApiError::NotSupported(format!(
                 "{} in a transaction is not supported here; nothing was written",
                 self.method
             ))),
         }
     }
+}
+
+impl EntryRequest {
+    /// What `request.ifMatch` / `request.ifNoneMatch` ask of the current version, as the
+    /// headers of the same request alone would.
+    fn precondition(&self) -> Result<Precondition, ApiError> {
+        match (self.if_match.as_deref(), self.if_none_match.as_deref()) {
+            (None, None) => Ok(Precondition::None),
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "an entry takes request.ifMatch or request.ifNoneMatch, not both".into(),
+            )),
+            (Some(tag), None) => parse_version_tag(tag)
+                .map(Precondition::Version)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "request.ifMatch must be a version tag such as W/\"3\"".into(),
+                    )
+                }),
+            (None, Some(tag)) if tag.trim() == "*" => Ok(Precondition::Absent),
+            (None, Some(tag)) => parse_version_tag(tag)
+                .map(Precondition::NotVersion)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "request.ifNoneMatch must be * or a version tag such as W/\"3\"".into(),
+                    )
+                }),
+        }
+    }
+}
+
+/// The patch a PATCH entry carries: a Binary holding a JSON Patch, or a FHIRPath Patch
+/// Parameters (FHIR's two ways to put a patch in a Bundle).
+fn patch_body(resource: &Json) -> Result<(PatchFormat, Vec<u8>), ApiError> {
+    use base64::Engine;
+    if resource.get("resourceType").and_then(Json::as_str) != Some("Binary") {
+        return Ok((PatchFormat::FhirPath, resource.to_bytes()));
+    }
+    let content_type = resource.get("contentType").and_then(Json::as_str);
+    let json_patch = content_type
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json-patch+json"));
+    if !json_patch {
+        return Err(ApiError::UnsupportedMediaType(
+            "a Binary in a PATCH entry carries a JSON Patch (contentType \
+             application/json-patch+json)"
+                .into(),
+        ));
+    }
+    let data = resource
+        .get("data")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| ApiError::BadRequest("the Binary's data is not base64".into()))?;
+    Ok((PatchFormat::JsonPatch, bytes))
 }
 
 /// Runs entries as requests of their own, through the router, as the caller.
@@ -346,6 +420,16 @@ impl Dispatch<'_> {
         }
         request = request.header(header::ACCEPT, "application/fhir+json");
         let body = match &entry.resource {
+            // A patch goes as the kind of patch it is (a Binary's JSON Patch, unwrapped).
+            Some(resource) if entry.method == Method::PATCH => {
+                let (format, bytes) = patch_body(resource)?;
+                let content_type = match format {
+                    PatchFormat::JsonPatch => "application/json-patch+json",
+                    PatchFormat::FhirPath => "application/fhir+json",
+                };
+                request = request.header(header::CONTENT_TYPE, content_type);
+                Body::from(bytes)
+            }
             Some(resource) if !entry.is_read() => {
                 request = request.header(header::CONTENT_TYPE, "application/fhir+json");
                 Body::from(resource.to_bytes())

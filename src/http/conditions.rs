@@ -22,7 +22,12 @@ pub enum Interaction {
 /// Each conditional header and the interactions that implement it.
 const IMPLEMENTED: &[(&str, &[Interaction])] = &[
     ("if-match", &[Interaction::Update, Interaction::Delete]),
-    ("if-none-match", &[Interaction::Read]),
+    // A read answers 304; an update or a patch is refused (412) when it matches; a create
+    // always makes a new resource, so `*` holds trivially (a version tag is refused there).
+    (
+        "if-none-match",
+        &[Interaction::Read, Interaction::Update, Interaction::Create],
+    ),
     ("if-modified-since", &[Interaction::Read]),
     ("if-none-exist", &[Interaction::Create]),
     ("if-unmodified-since", &[]),
@@ -86,7 +91,10 @@ mod tests {
         check("if-match", Delete, true);
         check("if-match", Read, false);
         check("if-none-match", Read, true);
-        check("if-none-match", Update, false);
+        check("if-none-match", Update, true);
+        check("if-none-match", Create, true);
+        check("if-none-match", Delete, false);
+        check("if-none-match", Vread, false);
         check("if-modified-since", Read, true);
         check("if-modified-since", History, false);
         check("if-unmodified-since", Update, false);

@@ -1,6 +1,7 @@
 //! The instance interactions: create, read, vread, update, delete, with FHIR's versioning
 //! headers (`ETag`, `Last-Modified`, `Location`), conditional reads (`If-None-Match`,
-//! `If-Modified-Since` → 304), version-aware updates (`If-Match` → 412) and `Prefer: return`.
+//! `If-Modified-Since` → 304), version-aware writes (`If-Match`, `If-None-Match` → 412), PATCH
+//! (JSON Patch or FHIRPath Patch, by id or by criteria) and `Prefer: return`.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,13 +17,14 @@ use super::outcome::{ApiError, outcome_resource};
 use super::{FhirPath, HttpState};
 use crate::auth::Principal;
 use crate::fhir::Issue;
+use crate::fhir::patch::PatchDocument;
 use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
 use crate::repository::conditional::{CreateOutcome, Criteria};
-use crate::repository::{Precondition, ResourceVersion, Written};
+use crate::repository::{Precondition, RepoError, ResourceVersion, Written};
 
 #[utoipa::path(post, path = "/fhir/{type}", tag = "instance",
-    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("If-None-Exist" = Option<String>, Header, description = "Conditional create: search criteria; a match is returned (200) instead of creating, and concurrent requests with the same criteria create one resource")),
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("If-None-Exist" = Option<String>, Header, description = "Conditional create: search criteria; a match is returned (200) instead of creating, and concurrent requests with the same criteria create one resource"), ("If-None-Match" = Option<String>, Header, description = "Only *, which a create always satisfies (it makes a new resource); a version tag is refused (400)")),
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
     responses(
         (status = 201, description = "Created; Location, ETag, Last-Modified", body = serde_json::Value, content_type = "application/fhir+json"), FhirErrors, BodyErrors))]
@@ -35,6 +37,17 @@ pub async fn create(
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
     refuse_unimplemented(&headers, Interaction::Create)?;
+    // A create always makes a new resource: `If-None-Match: *` holds; a version tag cannot
+    // name a version of a resource that does not exist yet.
+    if headers.contains_key(header::IF_NONE_MATCH)
+        && precondition(&headers)? != Precondition::Absent
+    {
+        return Err(ApiError::BadRequest(
+            "If-None-Match on a create can only be * (a create always makes a new resource); \
+             nothing was created"
+                .into(),
+        ));
+    }
     let resource_type = ResourceType::parse(&resource_type)?;
     let handling = answer.prefer.handling;
     if let Some(criteria) = if_none_exist(&headers, resource_type)? {
@@ -82,13 +95,13 @@ pub async fn create(
 }
 
 #[utoipa::path(put, path = "/fhir/{type}/{id}", tag = "instance",
-    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Version-aware update: W/\"n\"")),
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Version-aware update: W/\"n\""), ("If-None-Match" = Option<String>, Header, description = "*: only if the resource does not exist (create only); W/\"n\": only if the current version is not n")),
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource, with its id"),
     responses(
         (status = 200, description = "Updated", body = serde_json::Value, content_type = "application/fhir+json"),
         (status = 201, description = "Created (update-as-create)", body = serde_json::Value, content_type = "application/fhir+json"),
         (status = 409, description = "Lost a concurrent update (OperationOutcome)", body = serde_json::Value),
-        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+        (status = 412, description = "If-Match is not the current version, or If-None-Match matches it (OperationOutcome); nothing written", body = serde_json::Value), FhirErrors, BodyErrors))]
 pub async fn update(
     State(state): State<HttpState>,
     principal: Principal,
@@ -98,7 +111,7 @@ pub async fn update(
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
     refuse_unimplemented(&headers, Interaction::Update)?;
-    let precondition = if_match(&headers)?;
+    let precondition = precondition(&headers)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     let handling = answer.prefer.handling;
     let written = if resource_type == ResourceType::CONSENT {
@@ -117,7 +130,7 @@ pub async fn update(
 }
 
 #[utoipa::path(put, path = "/fhir/{type}", tag = "instance",
-    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("criteria" = String, Query, description = "Search criteria, e.g. identifier=http://x|1"), ("If-Match" = Option<String>, Header, description = "Version-aware update of the match: W/\"n\"")),
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("criteria" = String, Query, description = "Search criteria, e.g. identifier=http://x|1"), ("If-Match" = Option<String>, Header, description = "Version-aware update of the match: W/\"n\""), ("If-None-Match" = Option<String>, Header, description = "*: only if nothing matches (create only); W/\"n\": only if the match's current version is not n")),
     request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "The resource"),
     responses(
         (status = 200, description = "The one match updated", body = serde_json::Value, content_type = "application/fhir+json"),
@@ -143,7 +156,7 @@ pub async fn update_conditional(
             resource_type,
             body,
             &criteria,
-            if_match(&headers)?,
+            precondition(&headers)?,
             answer.prefer.handling,
             &answer.base.0,
         )
@@ -193,12 +206,13 @@ pub async fn delete_conditional(
 }
 
 #[utoipa::path(patch, path = "/fhir/{type}/{id}", tag = "instance",
-    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Patch only this version: W/\"n\"")),
-    request_body(content = serde_json::Value, content_type = "application/json-patch+json", description = "A JSON Patch (RFC 6902) document"),
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("id" = String, Path, description = "Logical id"), ("If-Match" = Option<String>, Header, description = "Patch only this version: W/\"n\""), ("If-None-Match" = Option<String>, Header, description = "W/\"n\": patch only if the current version is not n")),
+    request_body(description = "A JSON Patch (RFC 6902) document as application/json-patch+json, or a FHIRPath Patch Parameters resource as application/fhir+json (or application/json)",
+        content((serde_json::Value = "application/json-patch+json"), (serde_json::Value = "application/fhir+json"))),
     responses(
         (status = 200, description = "Patched", body = serde_json::Value, content_type = "application/fhir+json"),
-        (status = 412, description = "If-Match is not the current version (OperationOutcome)", body = serde_json::Value),
-        (status = 422, description = "The patch failed or made an invalid resource; nothing changed (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+        (status = 412, description = "If-Match is not the current version, or If-None-Match matches it (OperationOutcome)", body = serde_json::Value),
+        (status = 422, description = "The patch is malformed, failed, or made an invalid resource; nothing changed (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
 pub async fn patch(
     State(state): State<HttpState>,
     principal: Principal,
@@ -210,22 +224,55 @@ pub async fn patch(
     refuse_unimplemented(&headers, Interaction::Update)?;
     let resource_type = ResourceType::parse(&resource_type)?;
     refuse_conditional_consent(resource_type, "patch")?;
-    if !body.json_patch {
-        return Err(ApiError::NotSupported(
-            "FHIRPath Patch (a Parameters body) is not supported yet; send a JSON Patch \
-             (Content-Type: application/json-patch+json); nothing was changed"
-                .into(),
-        ));
-    }
+    let patch = PatchDocument::parse(body.format, &body.bytes).map_err(RepoError::from)?;
     let written = state
         .repo
         .patch(
             &principal,
             resource_type,
             &id,
-            &body.bytes,
-            if_match(&headers)?,
+            &patch,
+            precondition(&headers)?,
             answer.prefer.handling,
+        )
+        .await?;
+    Ok(written_response(written, answer))
+}
+
+#[utoipa::path(patch, path = "/fhir/{type}", tag = "instance",
+    params(("type" = String, Path, description = "Resource type, e.g. Patient"), ("criteria" = String, Query, description = "Search criteria, e.g. identifier=http://x|1"), ("If-Match" = Option<String>, Header, description = "Patch the match only at this version: W/\"n\""), ("If-None-Match" = Option<String>, Header, description = "W/\"n\": patch the match only if its current version is not n")),
+    request_body(description = "A JSON Patch (RFC 6902) document as application/json-patch+json, or a FHIRPath Patch Parameters resource as application/fhir+json (or application/json)",
+        content((serde_json::Value = "application/json-patch+json"), (serde_json::Value = "application/fhir+json"))),
+    responses(
+        (status = 200, description = "The one match patched", body = serde_json::Value, content_type = "application/fhir+json"),
+        (status = 412, description = "Several resources match, or a precondition failed (OperationOutcome); nothing changed", body = serde_json::Value),
+        (status = 422, description = "The patch is malformed, failed, or made an invalid resource; nothing changed (OperationOutcome)", body = serde_json::Value), FhirErrors, BodyErrors))]
+// Each argument is an extractor: axum passes them, nobody calls this by hand.
+#[allow(clippy::too_many_arguments)]
+pub async fn patch_conditional(
+    State(state): State<HttpState>,
+    principal: Principal,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    answer: WriteAnswer,
+    body: PatchBody,
+) -> Result<Response, ApiError> {
+    refuse_unimplemented(&headers, Interaction::Update)?;
+    let resource_type = ResourceType::parse(&resource_type)?;
+    refuse_conditional_consent(resource_type, "patch")?;
+    let criteria = Criteria::parse(query.as_deref().unwrap_or_default(), "patch")?;
+    let patch = PatchDocument::parse(body.format, &body.bytes).map_err(RepoError::from)?;
+    let written = state
+        .repo
+        .patch_conditional(
+            &principal,
+            resource_type,
+            &criteria,
+            &patch,
+            precondition(&headers)?,
+            answer.prefer.handling,
+            &answer.base.0,
         )
         .await?;
     Ok(written_response(written, answer))
@@ -338,7 +385,7 @@ pub async fn delete(
     }
     let deleted = state
         .repo
-        .delete(&principal, resource_type, &id, if_match(&headers)?)
+        .delete(&principal, resource_type, &id, precondition(&headers)?)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(record) = deleted {
@@ -351,17 +398,32 @@ fn preview(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// `If-Match: W/"n"`: the version the client expects to replace.
-fn if_match(headers: &HeaderMap) -> Result<Precondition, ApiError> {
-    match headers.get(header::IF_MATCH) {
-        None => Ok(Precondition::None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(parse_version_tag)
+/// What a write asks of the current version: `If-Match: W/"n"` (replace exactly version n),
+/// `If-None-Match: *` (only if there is no resource), `If-None-Match: W/"n"` (only if the
+/// current version is not n). Both headers at once are refused rather than half-honoured.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: header::HeaderName| {
+        headers
+            .get(&name)
+            .map(|value| value.to_str().unwrap_or_default().trim())
+    };
+    match (text(header::IF_MATCH), text(header::IF_NONE_MATCH)) {
+        (None, None) => Ok(Precondition::None),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "send If-Match or If-None-Match, not both; nothing was written".into(),
+        )),
+        (Some(tag), None) => parse_version_tag(tag)
             .map(Precondition::Version)
             .ok_or_else(|| {
                 ApiError::BadRequest("If-Match must be a version tag such as W/\"3\"".into())
+            }),
+        (None, Some("*")) => Ok(Precondition::Absent),
+        (None, Some(tag)) => parse_version_tag(tag)
+            .map(Precondition::NotVersion)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "If-None-Match on a write must be * or one version tag such as W/\"3\"".into(),
+                )
             }),
     }
 }
@@ -449,7 +511,7 @@ where
     }
 }
 
-fn written_response(written: Written, answer: WriteAnswer) -> Response {
+pub(super) fn written_response(written: Written, answer: WriteAnswer) -> Response {
     let WriteAnswer {
         negotiated,
         prefer,

@@ -9,12 +9,14 @@ mod bundle;
 mod conditions;
 mod consent;
 mod crud;
+mod export;
 mod history;
 mod metadata;
 pub mod negotiate;
 mod oauth;
 pub mod openapi;
 pub mod outcome;
+mod portal;
 mod principal;
 mod reindex;
 mod search;
@@ -45,6 +47,8 @@ pub struct HttpState {
     pub repo: Arc<Repository>,
     pub auth: Arc<AuthServer>,
     pub settings: Arc<HttpSettings>,
+    /// Bulk Data export jobs of this process.
+    pub exports: Arc<crate::bulk::Exports>,
     /// The router itself (set once it is built), through which a batch runs its entries.
     pub dispatcher: Arc<std::sync::OnceLock<Router>>,
 }
@@ -66,7 +70,7 @@ pub struct HttpSettings {
     pub started_at: String,
 }
 
-/// The whole router: FHIR under `/fhir`, `/health` beside it.
+/// The whole router: FHIR under `/fhir`, `/health` beside it, the patient portal at `/portal/`.
 pub fn router(state: HttpState) -> Router {
     let dispatcher = state.dispatcher.clone();
     let audited = state.clone();
@@ -91,8 +95,9 @@ pub fn router(state: HttpState) -> Router {
                 get(search::type_search)
                     .post(crud::create)
                     .put(crud::update_conditional)
+                    .patch(crud::patch_conditional)
                     .delete(crud::delete_conditional),
-                "GET, POST, PUT, DELETE",
+                "GET, POST, PUT, PATCH, DELETE",
             ),
         )
         .route(
@@ -100,10 +105,29 @@ pub fn router(state: HttpState) -> Router {
             only(post(search::type_search_post), "POST"),
         )
         .route("/{type}/$prepare", only(post(consent::prepare), "POST"))
-        .route("/$export", any(bulk_data_not_served))
-        .route("/$import", any(bulk_data_not_served))
-        .route("/{type}/$export", any(bulk_data_not_served))
-        .route("/{type}/{id}/$export", any(bulk_data_not_served))
+        .route(
+            "/{type}/$request-access",
+            only(post(consent::request_access), "POST"),
+        )
+        .route(
+            "/{type}/$granted-to-me",
+            only(get(consent::granted_to_me), "GET"),
+        )
+        .route("/{type}/$grantees", only(get(consent::grantees), "GET"))
+        .route(
+            "/{type}/{id}/$answer",
+            only(post(consent::answer_request), "POST"),
+        )
+        .route("/$export", only(get(export::system), "GET"))
+        .route(
+            "/$export-status/{job}",
+            only(get(export::status).delete(export::cancel), "GET, DELETE"),
+        )
+        .route("/$export-file/{job}/{file}", only(get(export::file), "GET"))
+        .route("/$import", any(bulk_import_not_served))
+        .route("/{type}/$import", any(bulk_import_not_served))
+        .route("/{type}/$export", only(get(export::patients), "GET"))
+        .route("/{type}/{id}/$export", only(get(export::group), "GET"))
         .route(
             "/{type}/{id}/$wallet-binding",
             only(
@@ -183,6 +207,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", only(get(metadata::health), "GET"))
         .route("/metrics", only(get(telemetry::metrics_for_admin), "GET"))
         .route("/openapi.json", only(get(openapi::serve), "GET"))
+        // The patient portal (assets embedded in the binary) and its read-only chain proxy.
+        .route("/portal", only(get(portal::redirect), "GET"))
+        .route("/portal/", only(get(portal::index), "GET"))
+        .route("/portal/{file}", only(get(portal::file), "GET"))
+        .route("/favicon.ico", only(get(portal::favicon), "GET"))
+        .route("/ledger/rpc", only(post(portal::ledger_rpc), "POST"))
         .fallback(unknown_route)
         // Inside the logger, so a caught panic is logged as the 500 it becomes.
         .layer(CatchPanicLayer::custom(panic_response))
@@ -250,11 +280,12 @@ fn only(methods: MethodRouter<HttpState>, allow: &'static str) -> MethodRouter<H
     })
 }
 
-/// Bulk Data export and import are not served yet: refused plainly, not mistaken for a search
-/// of a type named `$export` or a read of a resource with that id.
-async fn bulk_data_not_served() -> ApiError {
+/// Bulk Data import over HTTP is not served (`intellihealth import` loads files): refused
+/// plainly, not mistaken for a search of a type named `$import`.
+async fn bulk_import_not_served() -> ApiError {
     ApiError::NotSupported(
-        "Bulk Data ($export, $import) is not supported by this server yet; nothing was started"
+        "Bulk Data $import is not supported by this server; load files with `intellihealth \
+         import`; nothing was started"
             .into(),
     )
 }

@@ -14,7 +14,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use super::{audit, bundle, consent, crud, history, metadata, oauth, reindex, search, telemetry};
+use super::{
+    audit, bundle, consent, crud, export, history, metadata, oauth, portal, reindex, search,
+    telemetry,
+};
 
 /// A FHIR OperationOutcome, as every error of the FHIR interactions is answered.
 #[derive(Serialize, ToSchema)]
@@ -125,6 +128,7 @@ pub enum BodyErrors {
         crud::update_conditional,
         crud::delete_conditional,
         crud::patch,
+        crud::patch_conditional,
         bundle::process,
         history::system,
         history::type_level,
@@ -140,7 +144,17 @@ pub enum BodyErrors {
         consent::prepare,
         consent::prepare_purge,
         consent::purge,
+        consent::request_access,
+        consent::answer_request,
+        consent::granted_to_me,
+        consent::grantees,
         audit::verify,
+        export::system,
+        export::patients,
+        export::group,
+        export::status,
+        export::cancel,
+        export::file,
         reindex::start,
         reindex::status,
         oauth::smart_config,
@@ -155,6 +169,11 @@ pub enum BodyErrors {
         oauth::revoke,
         oauth::register,
         oauth::launch,
+        portal::redirect,
+        portal::index,
+        portal::file,
+        portal::favicon,
+        portal::ledger_rpc,
     ),
     components(schemas(OperationOutcomeSchema, IssueSchema)),
     modifiers(&BearerSecurity),

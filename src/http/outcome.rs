@@ -8,12 +8,12 @@
 //! | a search value malformed / a parameter unknown (strict) / too costly | 400 | invalid / not-supported / too-costly |
 //! | a later search page whose snapshot changed too much | 410 | processing |
 //! | broken or truncated request stream      | 400    | structure      |
-//! | unknown resource type, id, version, route | 404  | not-supported / not-found |
+//! | unknown resource type, id, version, route; a conditional patch matching nothing | 404 | not-supported / not-found |
 //! | method not allowed on the route         | 405    | not-supported  |
 //! | XML or another format asked for         | 406    | not-supported  |
 //! | version conflict (lost a race)          | 409    | conflict       |
 //! | deleted resource or version; erased     | 410    | deleted        |
-//! | If-Match not the current version        | 412    | conflict       |
+//! | If-Match not the current version, If-None-Match matching it | 412 | conflict |
 //! | body over the configured limit          | 413    | too-costly     |
 //! | body not sent as FHIR JSON              | 415    | not-supported  |
 //! | body's resourceType/id differ from URL  | 422    | business-rule  |
@@ -27,6 +27,10 @@
 //! | consent: not a permit, no bound wallet, wrong signer, deadline passed, contract refused | 422 | business-rule |
 //! | consent: nothing prepared matches (used, expired), nonce moved | 409 | conflict |
 //! | no grant of the patient covers the access | 403  | forbidden      |
+//! | export job unknown, expired, cancelled or another client's | 404 | not-found |
+//! | export job failed: a backend went away / anything else | 503 / 500 | transient / exception |
+//! | consent: an access request answered already | 409 | conflict |
+//! | a portal file that does not exist       | 404    | not-found      |
 //!
 //! Must not log: logging of requests happens once, in the middleware, without bodies.
 
@@ -71,6 +75,10 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Bulk(#[from] crate::bulk::BulkError),
+    #[error(transparent)]
+    Portal(#[from] crate::portal::PortalError),
     /// A bug: a handler panicked. Says nothing more, since a panic's message may quote input.
     #[error("internal error: the request was not completed")]
     Internal,
@@ -111,6 +119,27 @@ impl ApiError {
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception)),
             ApiError::Repo(repo) => repo_status_and_issues(repo),
+            ApiError::Bulk(bulk) => {
+                use crate::bulk::BulkError;
+                match bulk {
+                    BulkError::NotFound(_) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound)),
+                    BulkError::Repo(repo) => repo_status_and_issues(repo),
+                    BulkError::Failed {
+                        unavailable: true, ..
+                    } => (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Transient)),
+                    BulkError::Failed { .. } => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception))
+                    }
+                }
+            }
+            ApiError::Portal(portal) => match portal {
+                crate::portal::PortalError::NotFound(_) => {
+                    (StatusCode::NOT_FOUND, one(IssueCode::NotFound))
+                }
+                crate::portal::PortalError::Demo(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, one(IssueCode::Exception))
+                }
+            },
             ApiError::Auth(auth) => match auth {
                 AuthError::MissingToken | AuthError::InvalidToken(_) => {
                     (StatusCode::UNAUTHORIZED, one(IssueCode::Login))
@@ -145,7 +174,9 @@ fn repo_status_and_issues(error: &RepoError) -> (StatusCode, Vec<Issue>) {
             };
             (status, fhir.issues())
         }
-        RepoError::NotFound { .. } => (StatusCode::NOT_FOUND, one(IssueCode::NotFound)),
+        RepoError::NotFound { .. } | RepoError::NoMatch(_) => {
+            (StatusCode::NOT_FOUND, one(IssueCode::NotFound))
+        }
         RepoError::Gone(_) | RepoError::Erased => (StatusCode::GONE, one(IssueCode::Deleted)),
         RepoError::PreconditionFailed { .. } => {
             (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict))

@@ -167,6 +167,21 @@ impl ConsentCache {
         grants
     }
 
+    /// The grants to `grantee` (every patient's), newest first.
+    pub fn grants_to(&self, grantee: B256) -> Vec<GrantRecord> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let mut grants: Vec<GrantRecord> = state
+            .grants
+            .values()
+            .filter(|g| g.grantee == grantee)
+            .cloned()
+            .collect();
+        grants.sort_by_key(|g| std::cmp::Reverse(g.granted_in));
+        grants
+    }
+
     /// What changed since the last call: grants granted or revoked (oldest first, each
     /// once) and patients erased.
     pub fn take_changed(&self) -> Changes {

@@ -20,6 +20,7 @@ pub mod consent;
 pub mod embedded;
 pub mod identity;
 pub mod merkle;
+pub mod proxy;
 pub mod rpc;
 
 use alloy::primitives::{Address, B256, Bytes, Log};

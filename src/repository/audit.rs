@@ -38,6 +38,25 @@ impl Repository {
         self.anchoring.get()
     }
 
+    /// A JSON-RPC request to the ledger, read-only (`ledger::proxy`): `eth_call` reaches only
+    /// the ConsentRegistry and, with the audit trail anchored, the AuditAnchor. `None` when
+    /// there is nothing to answer; without a ledger, the JSON-RPC error a node gives when down.
+    pub async fn ledger_rpc(&self, body: &[u8]) -> Option<serde_json::Value> {
+        let Some(consent) = self.consent() else {
+            return Some(serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {
+                "code": -32000, "message": "no ledger in this process"}}));
+        };
+        let mut contracts = vec![consent.registry()];
+        if let Some(anchoring) = self.anchoring() {
+            contracts.push(anchoring.contract());
+        }
+        let callable = crate::ledger::proxy::Callable {
+            ledger: consent.ledger(),
+            contracts: &contracts,
+        };
+        crate::ledger::proxy::answer(&callable, body).await
+    }
+
     /// `GET AuditEvent/{id}/$verify`: the AuditEvent (read as `principal` may read it) and
     /// where it is anchored, with its inclusion proof.
     pub async fn verify_audit_event(

@@ -1,5 +1,6 @@
-//! Conditional interactions: create (`If-None-Exist`), update (`PUT Type?criteria`) and delete
-//! (`DELETE Type?criteria`), each deciding by a search run as the principal.
+//! Conditional interactions: create (`If-None-Exist`), update (`PUT Type?criteria`), patch
+//! (`PATCH Type?criteria`) and delete (`DELETE Type?criteria`), each deciding by a search run
+//! as the principal.
 //!
 //! Race-free creation: a search that finds nothing proves nothing about a concurrent request
 //! with the same criteria, on this replica or another. So a conditional create that finds no
@@ -20,6 +21,7 @@ use super::search::{PageRequest, SearchScope};
 use super::{Precondition, RepoError, Repository, ResourceVersion, Written, prepare};
 use crate::auth::{Permission, Principal};
 use crate::fhir::instant::now_millis;
+use crate::fhir::patch::PatchDocument;
 use crate::fhir::resource::{self, ResourceType};
 use crate::fhir::validate::Handling;
 use crate::index::{Record, VersionRecord};
@@ -245,6 +247,43 @@ impl Repository {
         }
     }
 
+    /// `PATCH /Type?criteria`: patches the one match like `patch` (JSON Patch or FHIRPath
+    /// Patch); nothing matching is a 404, several a 412. Unlike an update, a patch never
+    /// creates, so no claim is taken.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_conditional(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        criteria: &Criteria,
+        patch: &PatchDocument,
+        precondition: Precondition,
+        handling: Handling,
+        local_base: &str,
+    ) -> Result<Written, RepoError> {
+        super::write::refuse_server_written(resource_type)?;
+        self.require_interaction(principal, Permission::Update, Some(resource_type))
+            .await?;
+        let existing = self
+            .one_match(principal, resource_type, criteria, local_base)
+            .await?
+            .ok_or_else(|| {
+                RepoError::NoMatch(format!(
+                    "no {resource_type} matches the criteria; a patch never creates, nothing \
+                     was changed"
+                ))
+            })?;
+        self.patch(
+            principal,
+            resource_type,
+            &existing.record.id,
+            patch,
+            precondition,
+            handling,
+        )
+        .await
+    }
+
     /// `DELETE /Type?criteria`: deletes every match (none: nothing to do), refusing (412) when
     /// more than `limit` match, before deleting any. Returns the deleting versions.
     pub async fn delete_conditional(
@@ -333,7 +372,7 @@ impl Repository {
     }
 
     /// The one match, `None` for none, 412 for several.
-    async fn one_match(
+    pub(super) async fn one_match(
         &self,
         principal: &Principal,
         resource_type: ResourceType,

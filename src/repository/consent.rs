@@ -250,7 +250,7 @@ impl Repository {
     }
 
     /// The Consent of `grant_id` as stored (written now if it was missing or behind the chain).
-    async fn mirror_one(
+    pub(super) async fn mirror_one(
         &self,
         consent: &Consent,
         grant_id: B256,

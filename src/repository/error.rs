@@ -16,14 +16,21 @@ pub enum RepoError {
         id: String,
         version: Option<u64>,
     },
+    /// A conditional interaction that needs a match found none (a conditional patch).
+    #[error("{0}")]
+    NoMatch(String),
     /// The resource (or this version of it) was deleted.
     #[error("{}/{} was deleted (version {})", .0.resource_type, .0.id, .0.version)]
     Gone(Box<VersionRecord>),
     /// The content was erased (its data key destroyed); it will never be readable again.
     #[error("the content was erased at the patient's request")]
     Erased,
-    #[error("If-Match expected version {expected}, but the current version is {}", current.map(|c| c.to_string()).unwrap_or_else(|| "none (no such resource)".into()))]
-    PreconditionFailed { expected: u64, current: Option<u64> },
+    /// `If-Match` or `If-None-Match` did not hold for the current version (if any).
+    #[error("{}", precondition.failure(*current))]
+    PreconditionFailed {
+        precondition: super::Precondition,
+        current: Option<u64>,
+    },
     #[error("{0}")]
     Conflict(String),
     /// A request that is well-formed but cannot be carried out as asked (a patch that fails,
@@ -115,6 +122,13 @@ impl RepoError {
             id: id.chars().take(64).collect(),
             version,
         }
+    }
+}
+
+/// A patch that cannot be applied, of either kind: nothing was changed.
+impl From<crate::fhir::patch::PatchError> for RepoError {
+    fn from(e: crate::fhir::patch::PatchError) -> Self {
+        RepoError::Unprocessable(e.to_string())
     }
 }
 

@@ -14,12 +14,15 @@
 //!
 //! Must not know HTTP: status codes are decided in `http::outcome` from `RepoError`.
 
+pub mod access;
 mod audit;
 mod authorize;
 pub mod conditional;
 pub mod consent;
 pub mod erase;
 mod error;
+pub mod export;
+pub mod import;
 mod read;
 pub mod reindex;
 pub mod search;
@@ -92,22 +95,64 @@ pub struct Written {
     pub warnings: Vec<Issue>,
 }
 
-/// What the client asked to update from.
+/// What the client asked a write to find (`If-Match`, `If-None-Match`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precondition {
     None,
-    /// `If-Match`: the current version must be this one.
+    /// `If-Match: W/"n"`: the current version must be this one.
     Version(u64),
+    /// `If-None-Match: *`: there must be no resource (none yet, or a deleted one), so an
+    /// update only ever creates.
+    Absent,
+    /// `If-None-Match: W/"n"`: the current version must not be this one.
+    NotVersion(u64),
 }
 
 impl Precondition {
-    /// 412 unless `current` (the current version, if any) is the one asked for.
-    pub fn check(self, current: Option<u64>) -> Result<(), RepoError> {
+    /// 412 unless `current` (the current version, if any) is what was asked for.
+    pub fn check(self, current: Option<&VersionRecord>) -> Result<(), RepoError> {
+        let version = current.map(|r| r.version);
+        let holds = match self {
+            Precondition::None => true,
+            Precondition::Version(expected) => version == Some(expected),
+            Precondition::Absent => current.is_none_or(VersionRecord::deleted),
+            Precondition::NotVersion(unwanted) => version != Some(unwanted),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(RepoError::PreconditionFailed {
+                precondition: self,
+                current: version,
+            })
+        }
+    }
+
+    /// Whether a write that lost a race may run again against the newer version: yes, unless
+    /// the client named the version to replace (`If-Match`), which is then a conflict. The
+    /// precondition is checked again on each attempt.
+    pub fn retries_lost_race(self) -> bool {
+        !matches!(self, Precondition::Version(_))
+    }
+
+    /// Why it did not hold, for the 412.
+    pub fn failure(self, current: Option<u64>) -> String {
+        let current = current.map_or_else(|| "none (no such resource)".into(), |c| c.to_string());
         match self {
-            Precondition::Version(expected) if current != Some(expected) => {
-                Err(RepoError::PreconditionFailed { expected, current })
+            Precondition::Version(expected) => {
+                format!(
+                    "If-Match expected version {expected}, but the current version is {current}"
+                )
             }
-            _ => Ok(()),
+            Precondition::Absent => format!(
+                "If-None-Match: * asks that the resource not exist, but it does (version \
+                 {current}); nothing was written"
+            ),
+            Precondition::NotVersion(unwanted) => format!(
+                "If-None-Match asks that the current version not be {unwanted}, but it is; \
+                 nothing was written"
+            ),
+            Precondition::None => format!("no precondition (current version {current})"),
         }
     }
 }
@@ -288,5 +333,60 @@ impl From<VaultError> for RepoError {
             VaultError::KeyStore(index) => RepoError::from(index),
             other => RepoError::Integrity(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Method;
+
+    fn version(version: u64, method: Method) -> VersionRecord {
+        VersionRecord {
+            resource_type: "Patient".into(),
+            id: "p".into(),
+            version,
+            last_updated: 0,
+            superseded_at: None,
+            method,
+            cid: None,
+            digest: None,
+            key_owner: None,
+            patients: Vec::new(),
+            batch_entry: None,
+        }
+    }
+
+    #[test]
+    fn preconditions_hold_or_fail_with_their_reason() {
+        let live = version(3, Method::Update);
+        let deleted = version(4, Method::Delete);
+        let holds = |p: Precondition, current: Option<&VersionRecord>| p.check(current).is_ok();
+        assert!(holds(Precondition::None, Some(&live)));
+        assert!(holds(Precondition::Version(3), Some(&live)));
+        assert!(!holds(Precondition::Version(2), Some(&live)));
+        assert!(!holds(Precondition::Version(1), None));
+        // If-None-Match: * — only where there is nothing (a deleted resource counts as none).
+        assert!(holds(Precondition::Absent, None));
+        assert!(holds(Precondition::Absent, Some(&deleted)));
+        assert!(!holds(Precondition::Absent, Some(&live)));
+        // If-None-Match: W/"n" — any version but n.
+        assert!(holds(Precondition::NotVersion(2), Some(&live)));
+        assert!(holds(Precondition::NotVersion(2), None));
+        assert!(!holds(Precondition::NotVersion(3), Some(&live)));
+        let refused = Precondition::Absent.check(Some(&live)).unwrap_err();
+        assert!(
+            refused.to_string().contains("If-None-Match: *"),
+            "{refused}"
+        );
+        let refused = Precondition::Version(2).check(Some(&live)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "If-Match expected version 2, but the current version is 3"
+        );
+        // Only a client that named the version to replace gets a conflict for a lost race.
+        assert!(!Precondition::Version(3).retries_lost_race());
+        assert!(Precondition::Absent.retries_lost_race());
+        assert!(Precondition::NotVersion(3).retries_lost_race());
     }
 }

@@ -73,7 +73,7 @@ impl Repository {
     }
 
     /// What `principal` may see of `record`, its content opened once at most.
-    async fn visible(
+    pub(super) async fn visible(
         &self,
         principal: &Principal,
         permission: Permission,
@@ -223,7 +223,7 @@ impl Repository {
 }
 
 /// What a principal may see of one version.
-enum Visible {
+pub(super) enum Visible {
     Yes(ResourceVersion),
     /// A delete the principal may know about.
     Deleted(VersionRecord),

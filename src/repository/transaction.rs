@@ -5,7 +5,8 @@
 //! each create), and every `fullUrl` (`urn:uuid:`, `urn:oid:`, or any other) is mapped to the
 //! `Type/id` it becomes; then every reference to one, and every conditional reference
 //! (`Patient?identifier=…`, which must match exactly one resource), is rewritten; then the
-//! versions are staged — DELETE, then POST, then PUT — each authorized, sealed and its blob
+//! versions are staged — DELETE, then POST, then PUT and PATCH (a patch is applied to the
+//! current version when its target is resolved) — each authorized, sealed and its blob
 //! stored; and last one `IndexStore::commit_all` makes them all current or none. A failure
 //! anywhere before the commit leaves only blobs nothing references (the sweeper's), and the
 //! failing entry is named. A commit that lost a race to a concurrent write is run again from
@@ -18,6 +19,7 @@ use super::write::{Staged, Write, deletion_of, refuse_server_written};
 use super::{Precondition, RepoError, Repository, ResourceVersion, prepare};
 use crate::auth::{Permission, Principal};
 use crate::fhir::json::Json;
+use crate::fhir::patch::PatchDocument;
 use crate::fhir::resource::{self, ResourceType};
 use crate::fhir::validate::Handling;
 use crate::index::{Commit, IndexError, Method, VersionRecord};
@@ -44,12 +46,20 @@ pub enum TxRequest {
         resource_type: ResourceType,
         target: Target,
         body: Vec<u8>,
-        if_match: Option<u64>,
+        precondition: Precondition,
     },
     Delete {
         resource_type: ResourceType,
         target: Target,
-        if_match: Option<u64>,
+        precondition: Precondition,
+    },
+    /// Applied to the current version of its target (which must exist) when the transaction
+    /// is prepared, and written like an update of that version.
+    Patch {
+        resource_type: ResourceType,
+        target: Target,
+        patch: PatchDocument,
+        precondition: Precondition,
     },
 }
 
@@ -93,6 +103,8 @@ enum Resolved {
         id: String,
         resource: Json,
         precondition: Precondition,
+        /// A patch of the version `precondition` names (not the client's `If-Match`).
+        patched: bool,
     },
     Delete {
         resource_type: ResourceType,
@@ -206,17 +218,11 @@ impl Repository {
         }
         // 3 and 4. Stage in the spec's order, commit all at once; again on a lost race.
         let order = processing_order(&resolved);
-        let versioned = resolved.iter().any(|r| {
-            matches!(
-                r,
-                Resolved::Update {
-                    precondition: Precondition::Version(_),
-                    ..
-                } | Resolved::Delete {
-                    precondition: Precondition::Version(_),
-                    ..
-                }
-            )
+        let versioned = resolved.iter().any(|r| match r {
+            Resolved::Update { precondition, .. } | Resolved::Delete { precondition, .. } => {
+                !precondition.retries_lost_race()
+            }
+            _ => false,
         });
         for _ in 0..MAX_ATTEMPTS {
             let mut commits = Vec::new();
@@ -309,12 +315,11 @@ impl Repository {
                 resource_type,
                 target,
                 body,
-                if_match,
+                precondition,
             } => {
                 refuse_server_written(resource_type)?;
                 self.require_interaction(principal, Permission::Update, Some(resource_type))
                     .await?;
-                let precondition = if_match.map_or(Precondition::None, Precondition::Version);
                 let (id, by_criteria) = match target {
                     Target::Id(id) => {
                         resource::check_id(&id)?;
@@ -349,12 +354,64 @@ impl Repository {
                     id,
                     resource,
                     precondition,
+                    patched: false,
+                })
+            }
+            TxRequest::Patch {
+                resource_type,
+                target,
+                patch,
+                precondition,
+            } => {
+                refuse_server_written(resource_type)?;
+                self.require_interaction(principal, Permission::Update, Some(resource_type))
+                    .await?;
+                let id = match target {
+                    Target::Id(id) => {
+                        resource::check_id(&id)?;
+                        id
+                    }
+                    Target::Criteria(criteria) => {
+                        self.one_match(principal, resource_type, &criteria, local_base)
+                            .await?
+                            .ok_or_else(|| {
+                                RepoError::NoMatch(format!(
+                                    "no {resource_type} matches the patch's criteria"
+                                ))
+                            })?
+                            .record
+                            .id
+                    }
+                };
+                let current = self
+                    .index
+                    .current(resource_type.as_str(), &id)
+                    .await?
+                    .ok_or_else(|| RepoError::not_found(resource_type, &id, None))?;
+                precondition.check(Some(&current))?;
+                if current.deleted() {
+                    return Err(RepoError::Gone(Box::new(current)));
+                }
+                self.require(principal, Permission::Update, &current, None)
+                    .await?;
+                let base = current.version;
+                let (resource, _) = self
+                    .patched(current, &patch, resource_type, handling)
+                    .await?;
+                // Written only over the version patched: a concurrent write in between makes
+                // the transaction fail (nothing written) rather than lose that write.
+                Ok(Resolved::Update {
+                    resource_type,
+                    id,
+                    resource,
+                    precondition: Precondition::Version(base),
+                    patched: true,
                 })
             }
             TxRequest::Delete {
                 resource_type,
                 target,
-                if_match,
+                precondition,
             } => {
                 refuse_server_written(resource_type)?;
                 self.require_interaction(principal, Permission::Delete, Some(resource_type))
@@ -386,7 +443,7 @@ impl Repository {
                 Ok(Resolved::Delete {
                     resource_type,
                     ids,
-                    precondition: if_match.map_or(Precondition::None, Precondition::Version),
+                    precondition,
                 })
             }
         }
@@ -478,9 +535,19 @@ impl Repository {
                 id,
                 resource,
                 precondition,
+                patched,
             } => {
                 let current = self.index.current(resource_type.as_str(), id).await?;
-                precondition.check(current.as_ref().map(|r| r.version))?;
+                precondition.check(current.as_ref()).map_err(|failed| {
+                    if *patched {
+                        RepoError::Conflict(format!(
+                            "{resource_type}/{id} changed while the transaction patching it was \
+                             prepared; nothing was written: retry"
+                        ))
+                    } else {
+                        failed
+                    }
+                })?;
                 let (write, created) = self
                     .update_of(principal, *resource_type, id, current.as_ref(), resource)
                     .await?;
@@ -501,7 +568,7 @@ impl Repository {
                         .ok_or_else(|| RepoError::not_found(*resource_type, id, None))?;
                     self.require(principal, Permission::Delete, &current, None)
                         .await?;
-                    precondition.check(Some(current.version))?;
+                    precondition.check(Some(&current))?;
                     if current.deleted() {
                         continue;
                     }
@@ -585,8 +652,9 @@ fn collect_references(value: &Json, found: &mut impl FnMut(&str)) {
     }
 }
 
-/// Replaces every `reference` string found in `names` by what it names.
-fn replace_references(value: &mut Json, names: &HashMap<String, String>) {
+/// Replaces every `reference` string found in `names` by what it names (`import` rewrites a
+/// Bundle's references to its entries with it too).
+pub(super) fn replace_references(value: &mut Json, names: &HashMap<String, String>) {
     match value {
         Json::Object(object) => {
             let keys: Vec<String> = object.iter().map(|(k, _)| k.to_owned()).collect();

@@ -11,6 +11,7 @@ use crate::auth::{Permission, Principal};
 use crate::fhir::Issue;
 use crate::fhir::instant::now_millis;
 use crate::fhir::json::Json;
+use crate::fhir::patch::PatchDocument;
 use crate::fhir::resource::{self, ResourceType};
 use crate::fhir::validate::Handling;
 use crate::index::{Commit, IndexError, Method, VersionRecord};
@@ -110,7 +111,7 @@ impl Repository {
     ) -> Result<Written, RepoError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self.index.current(resource_type.as_str(), id).await?;
-            precondition.check(current.as_ref().map(|r| r.version))?;
+            precondition.check(current.as_ref())?;
             let (write, created) = self
                 .update_of(principal, resource_type, id, current.as_ref(), &resource)
                 .await?;
@@ -123,7 +124,7 @@ impl Repository {
                     });
                 }
                 Err(RepoError::Index(IndexError::Conflict { .. }))
-                    if precondition == Precondition::None =>
+                    if precondition.retries_lost_race() =>
                 {
                     continue;
                 }
@@ -292,7 +293,7 @@ impl Repository {
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
             self.require(principal, Permission::Delete, &current, None)
                 .await?;
-            precondition.check(Some(current.version))?;
+            precondition.check(Some(&current))?;
             if current.deleted() {
                 return Ok(None);
             }
@@ -303,7 +304,7 @@ impl Repository {
                     self.after_write(resource_type, id, None).await;
                     return Ok(Some(record));
                 }
-                Err(IndexError::Conflict { .. }) if precondition == Precondition::None => continue,
+                Err(IndexError::Conflict { .. }) if precondition.retries_lost_race() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -373,17 +374,18 @@ pub(super) struct Staged {
 }
 
 impl Repository {
-    /// `PATCH /Type/id` with a JSON Patch: applied to the current version, the result checked
-    /// like any update (same type and id, valid), and written as the next version only if the
-    /// version patched is still current (a concurrent write makes it patch the newer one,
-    /// unless the client asked for a version with `If-Match`). A patch that fails or makes an
-    /// invalid resource is refused (422) and changes nothing.
+    /// `PATCH /Type/id` with a JSON Patch or a FHIRPath Patch (one path for both: only the
+    /// apply step differs): applied to the current version, the result checked like any
+    /// update (same type and id, valid), and written as the next version only if the version
+    /// patched is still current (a concurrent write makes it patch the newer one, unless the
+    /// client asked for a version with `If-Match`). A patch that fails or makes an invalid
+    /// resource is refused (422) and changes nothing.
     pub async fn patch(
         &self,
         principal: &Principal,
         resource_type: ResourceType,
         id: &str,
-        patch: &[u8],
+        patch: &PatchDocument,
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
@@ -391,39 +393,22 @@ impl Repository {
         self.require_interaction(principal, Permission::Update, Some(resource_type))
             .await?;
         resource::check_id(id)?;
-        let patch = crate::fhir::json::parse(patch)
-            .map_err(|e| RepoError::Unprocessable(format!("the patch is not JSON: {e}")))?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = self
                 .index
                 .current(resource_type.as_str(), id)
                 .await?
                 .ok_or_else(|| RepoError::not_found(resource_type, id, None))?;
-            precondition.check(Some(current.version))?;
+            precondition.check(Some(&current))?;
             if current.deleted() {
                 return Err(RepoError::Gone(Box::new(current)));
             }
             self.require(principal, Permission::Update, &current, None)
                 .await?;
             let base_version = current.version;
-            let stored = self.load(current).await?.content.unwrap_or_default();
-            let stored = crate::fhir::json::parse(&stored)
-                .map_err(|e| RepoError::Integrity(format!("stored content: {e}")))?;
-            let patched = crate::fhir::patch::apply(&stored, &patch)
-                .map_err(|e| RepoError::Unprocessable(e.to_string()))?;
-            let (resource, warnings) = prepare(
-                patched.to_bytes(),
-                resource_type,
-                Some(id.to_owned()),
-                handling,
-            )
-            .await
-            .map_err(|e| match e {
-                RepoError::Fhir(fhir) => {
-                    RepoError::Unprocessable(format!("the patched resource is not valid: {fhir}"))
-                }
-                other => other,
-            })?;
+            let (resource, warnings) = self
+                .patched(current, patch, resource_type, handling)
+                .await?;
             match self
                 .update_prepared(
                     principal,
@@ -436,7 +421,7 @@ impl Repository {
                 .await
             {
                 Err(RepoError::PreconditionFailed { .. } | RepoError::Conflict(_))
-                    if precondition == Precondition::None =>
+                    if precondition.retries_lost_race() =>
                 {
                     continue;
                 }
@@ -446,5 +431,43 @@ impl Repository {
         Err(RepoError::Conflict(
             "the resource is being updated concurrently; retry".into(),
         ))
+    }
+
+    /// The content of `current` with `patch` applied, checked like an update's body (its type,
+    /// its id, valid): the step a patch on its own and a patch in a transaction share. A patch
+    /// that fails, or makes an invalid resource, is a 422 naming why.
+    pub(super) async fn patched(
+        &self,
+        current: VersionRecord,
+        patch: &PatchDocument,
+        resource_type: ResourceType,
+        handling: Handling,
+    ) -> Result<(Json, Vec<Issue>), RepoError> {
+        let id = current.id.clone();
+        let stored = self.load(current).await?.content.unwrap_or_default();
+        let stored = crate::fhir::json::parse(&stored)
+            .map_err(|e| RepoError::Integrity(format!("stored content: {e}")))?;
+        let patched = patch.apply(&stored)?;
+        prepare(patched.to_bytes(), resource_type, Some(id), handling)
+            .await
+            .map_err(|e| match e {
+                RepoError::Fhir(fhir) => {
+                    let why: Vec<String> = fhir
+                        .issues()
+                        .iter()
+                        .filter(|issue| issue.is_error())
+                        .take(5)
+                        .map(|issue| match &issue.expression {
+                            Some(at) => format!("{at}: {}", issue.diagnostics),
+                            None => issue.diagnostics.clone(),
+                        })
+                        .collect();
+                    RepoError::Unprocessable(format!(
+                        "the patched resource is not valid: {}",
+                        why.join("; ")
+                    ))
+                }
+                other => other,
+            })
     }
 }

@@ -67,6 +67,28 @@ pub enum VaultError {
 /// A data key, wiped from memory when the last reference goes.
 struct DataKey(Zeroizing<[u8; 32]>);
 
+/// A key that exists only in this process's memory, for files the server keeps for a short
+/// while (Bulk Data export output): what it seals cannot be opened after the process ends, so
+/// health data never sits readable on disk, even in a file left behind by a crash.
+pub struct EphemeralKey(DataKey);
+
+impl EphemeralKey {
+    pub fn generate() -> EphemeralKey {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(key.as_mut_slice());
+        EphemeralKey(DataKey(key))
+    }
+
+    /// The sealed envelope (layout 1, as every blob) of `plaintext` bound to `aad`.
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        seal_with(&self.0, aad, plaintext).map(|sealed| sealed.envelope)
+    }
+
+    pub fn open(&self, aad: &str, envelope: &[u8]) -> Result<Vec<u8>, VaultError> {
+        open_with(&self.0, aad, envelope, None)
+    }
+}
+
 pub struct Vault {
     master: MasterKey,
     /// The key store: the IndexStore (bounded by the backend timeout where `app` builds it).

@@ -4,7 +4,7 @@
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::actors::{Api, Reply};
 
@@ -70,4 +70,48 @@ pub async fn bind(api: &Api, patient: &str, wallet: &Wallet) -> Reply {
         ]}),
     )
     .await
+}
+
+pub fn instant(secs: u64) -> String {
+    intellihealth::fhir::instant::format_instant((secs * 1000) as i64)
+}
+
+/// A draft grant from `patient` to `grantee` (a reference, or a client id).
+pub fn draft(patient: &str, grantee: Value, types: &[&str], expiry: u64) -> Value {
+    let mut provision = json!({
+        "type": "permit",
+        "period": {"end": instant(expiry)},
+        "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}, "reference": grantee}],
+        "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}],
+    });
+    if !types.is_empty() {
+        provision["class"] = types
+            .iter()
+            .map(|t| json!({"system": "http://hl7.org/fhir/resource-types", "code": t}))
+            .collect();
+    }
+    json!({
+        "resourceType": "Consent",
+        "status": "proposed",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    })
+}
+
+pub fn signed(mut consent: Value, signature: &str) -> Value {
+    consent["extension"] = json!([{
+        "url": "https://intellihealth.dev/fhir/StructureDefinition/eip712-signature",
+        "valueString": signature,
+    }]);
+    consent
+}
+
+/// Prepares, signs (with `signer`) and posts a grant; the reply and the signed Consent.
+pub async fn grant(api: &Api, consent: &Value, signer: &Wallet) -> (Reply, Value) {
+    let typed = typed_data(&api.post("Consent/$prepare", consent).await);
+    let body = signed(consent.clone(), &sign_with_eth_account(&typed, &signer.key));
+    (api.post("Consent", &body).await, body)
 }

@@ -4,7 +4,9 @@
 //!   matching one returns it; several matches are 412; conditional update creates then
 //!   updates; conditional delete deletes the match.
 //! - patch: JSON Patch changes a version; a failing or invalidating patch is 422 and changes
-//!   nothing; `If-Match` on a patch.
+//!   nothing; `If-Match` on a patch. FHIRPath Patch (a Parameters body) replaces, adds,
+//!   inserts and deletes; a failing one is 422 and changes nothing; `If-Match` on it.
+//! - If-None-Match on an update: `*` creates a new id (201) and refuses an existing one (412).
 //! - transaction: `urn:uuid:` references rewritten, a conditional reference resolved, a
 //!   conditional create inside, and a transaction whose last entry fails leaving nothing.
 //! - batch: entries answered independently (a 201, a 404, a search).
@@ -23,6 +25,8 @@ pub async fn run(ctx: &SuiteContext, report: &mut Report) {
     let c = &ctx.client;
     conditional(c, report).await;
     patch(c, report).await;
+    fhirpath_patch(c, report).await;
+    if_none_match(c, report).await;
     transaction(c, report).await;
     batch(c, report).await;
 }
@@ -234,6 +238,206 @@ async fn patch(c: &Client, report: &mut Report) {
         "a patch with a stale If-Match is 412",
         stale.status == 412,
         stale.summary(),
+    );
+}
+
+/// One FHIRPath Patch operation: its type, its path, and its other parts (name, part).
+type Operation<'a> = (&'a str, &'a str, Vec<(&'a str, Value)>);
+
+/// A FHIRPath Patch `Parameters` of operations.
+fn fhirpath_operations(operations: &[Operation<'_>]) -> Value {
+    let parameter: Vec<Value> = operations
+        .iter()
+        .map(|(kind, path, parts)| {
+            let mut all = vec![
+                json!({"name": "type", "valueCode": kind}),
+                json!({"name": "path", "valueString": path}),
+            ];
+            for (name, part) in parts {
+                let mut part = part.clone();
+                part["name"] = json!(name);
+                all.push(part);
+            }
+            json!({"name": "operation", "part": all})
+        })
+        .collect();
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+async fn fhirpath_patch(c: &Client, report: &mut Report) {
+    let created = c
+        .post_json("Patient", &patient("FhirPathPatched"))
+        .send()
+        .await;
+    let Some(id) = created
+        .json()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+    else {
+        report.check(
+            SUITE,
+            "set-up: create a patient to patch with FHIRPath",
+            false,
+            created.summary(),
+        );
+        return;
+    };
+    let path = format!("Patient/{id}");
+    let send = |operations: &[Operation<'_>]| {
+        c.request(reqwest::Method::PATCH, &path)
+            .header("Content-Type", "application/fhir+json")
+            .body(fhirpath_operations(operations).to_string().into_bytes())
+    };
+    let replaced = send(&[(
+        "replace",
+        "Patient.gender",
+        vec![("value", json!({"valueCode": "other"}))],
+    )])
+    .send()
+    .await;
+    let body = replaced.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a FHIRPath Patch replace changes a value (the next version)",
+        replaced.status == 200 && body["gender"] == "other" && body["meta"]["versionId"] == "2",
+        replaced.summary(),
+    );
+    let added = send(&[(
+        "add",
+        "Patient",
+        vec![
+            ("name", json!({"valueString": "telecom"})),
+            (
+                "value",
+                json!({"part": [
+                    {"name": "system", "valueCode": "phone"},
+                    {"name": "value", "valueString": "555-0100"}
+                ]}),
+            ),
+        ],
+    )])
+    .send()
+    .await;
+    let body = added.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a FHIRPath Patch add adds an element given as parts",
+        added.status == 200
+            && body["telecom"] == json!([{"system": "phone", "value": "555-0100"}])
+            && body["meta"]["versionId"] == "3",
+        added.summary(),
+    );
+    let inserted = send(&[(
+        "insert",
+        "Patient.name[0].given",
+        vec![
+            ("value", json!({"valueString": "First"})),
+            ("index", json!({"valueInteger": 0})),
+        ],
+    )])
+    .send()
+    .await;
+    let body = inserted.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a FHIRPath Patch insert puts a value into a list at its index",
+        inserted.status == 200 && body["name"][0]["given"] == json!(["First", "Conformance"]),
+        inserted.summary(),
+    );
+    let deleted = send(&[("delete", "Patient.birthDate", vec![])])
+        .send()
+        .await;
+    let body = deleted.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a FHIRPath Patch delete removes an element",
+        deleted.status == 200
+            && body.get("birthDate").is_none()
+            && body["meta"]["versionId"] == "5",
+        deleted.summary(),
+    );
+    let failed = send(&[
+        (
+            "replace",
+            "Patient.gender",
+            vec![("value", json!({"valueCode": "male"}))],
+        ),
+        (
+            "replace",
+            "Patient.birthDate",
+            vec![("value", json!({"valueDate": "1980-01-01"}))],
+        ),
+    ])
+    .send()
+    .await;
+    let invalid = send(&[(
+        "replace",
+        "Patient.gender",
+        vec![("value", json!({"valueCode": "not-a-gender"}))],
+    )])
+    .send()
+    .await;
+    let now = c.get(&path).send().await.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a failing FHIRPath Patch, and one making an invalid resource, are 422 and change nothing",
+        failed.status == 422
+            && invalid.status == 422
+            && failed.is_outcome()
+            && invalid.is_outcome()
+            && now["meta"]["versionId"] == "5"
+            && now["gender"] == "other",
+        format!("{}; {}", failed.summary(), invalid.summary()),
+    );
+    let activate = [(
+        "replace",
+        "Patient.active",
+        vec![("value", json!({"valueBoolean": false}))],
+    )];
+    let stale = send(&activate).header("If-Match", "W/\"4\"").send().await;
+    let current = send(&activate).header("If-Match", "W/\"5\"").send().await;
+    let body = current.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "a FHIRPath Patch with a stale If-Match is 412; with the current one it applies",
+        stale.status == 412
+            && current.status == 200
+            && body["active"] == false
+            && body["meta"]["versionId"] == "6",
+        format!("{}; {}", stale.summary(), current.summary()),
+    );
+}
+
+async fn if_none_match(c: &Client, report: &mut Report) {
+    let id = random_id();
+    let mut body = patient("IfNoneMatch");
+    body["id"] = json!(id);
+    let path = format!("Patient/{id}");
+    let created = c
+        .put_json(&path, &body)
+        .header("If-None-Match", "*")
+        .send()
+        .await;
+    report.check(
+        SUITE,
+        "an update with If-None-Match: * on a new id creates it (201)",
+        created.status == 201,
+        created.summary(),
+    );
+    body["gender"] = json!("male");
+    let refused = c
+        .put_json(&path, &body)
+        .header("If-None-Match", "*")
+        .send()
+        .await;
+    let now = c.get(&path).send().await.json().unwrap_or_default();
+    report.check(
+        SUITE,
+        "an update with If-None-Match: * on an existing resource is 412 and writes nothing",
+        refused.status == 412
+            && refused.is_outcome()
+            && now["meta"]["versionId"] == "1"
+            && now["gender"] == "female",
+        refused.summary(),
     );
 }
 
