@@ -299,17 +299,12 @@ async fn cli_binds_grants_lists_and_revokes(dir: &Path, base: &str, a: &Actors) 
     let key_file = dir.join("p4.key");
     std::fs::write(&key_file, wallet().key).unwrap();
     let cli = |args: &[&str]| {
-        let output = common::command(&[])
-            .arg("consent")
-            .args(args)
-            .args(["--server", base, "--token-file"])
-            .arg(&token_file)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "consent {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = common::succeeded(
+            common::command(&[])
+                .arg("consent")
+                .args(args)
+                .args(["--server", base, "--token-file"])
+                .arg(&token_file),
         );
         String::from_utf8(output.stdout).unwrap()
     };
@@ -370,16 +365,11 @@ impl Drop for OwnAnvil<'_> {
 async fn consent_is_enforced_on_anvil_and_fails_closed_when_the_chain_goes_quiet() {
     let chain_dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
-    let output = Command::new(script)
-        .arg("up")
-        .arg(chain_dir.path())
-        .arg("eth")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = common::succeeded(
+        Command::new(script)
+            .arg("up")
+            .arg(chain_dir.path())
+            .arg("eth"),
     );
     let _anvil = OwnAnvil(chain_dir.path());
     let ledger_env: Vec<(String, String)> = String::from_utf8_lossy(&output.stdout)

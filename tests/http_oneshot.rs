@@ -6,42 +6,10 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use intellihealth::app;
-use intellihealth::auth::Scopes;
-use intellihealth::auth::tokens::Grant;
-use intellihealth::config::{Config, ServeArgs, StorageArgs};
+#[path = "common/oneshot.rs"]
+mod oneshot;
 
-/// The router, and a `system/*.cruds` bearer header valid for it (requests carry no Host,
-/// so the base URL is `http://localhost/fhir`).
-async fn router(dir: &std::path::Path) -> (axum::Router, String) {
-    let config = Config::resolve(&ServeArgs {
-        storage: StorageArgs {
-            data_dir: Some(dir.to_owned()),
-            ..StorageArgs::default()
-        },
-        ..ServeArgs::default()
-    })
-    .unwrap();
-    let state = app::build(&config).await.unwrap();
-    let grant = Grant {
-        subject: "test".into(),
-        client_id: "test".into(),
-        scopes: Scopes::parse("system/*.cruds"),
-        patient: None,
-        fhir_user: None,
-        family: None,
-    };
-    let (token, _) = state
-        .auth
-        .tokens
-        .issue_access("http://localhost/fhir", &grant)
-        .await
-        .unwrap();
-    (
-        intellihealth::http::router(state),
-        format!("Bearer {token}"),
-    )
-}
+use oneshot::router;
 
 async fn body_of(response: axum::response::Response) -> serde_json::Value {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();

@@ -11,10 +11,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use intellihealth::app;
-use intellihealth::auth::Scopes;
-use intellihealth::auth::tokens::Grant;
-use intellihealth::config::{Config, ServeArgs, StorageArgs};
+#[path = "common/oneshot.rs"]
+mod oneshot;
 
 struct Api {
     router: axum::Router,
@@ -30,33 +28,8 @@ struct Reply {
 
 impl Api {
     async fn new(dir: &std::path::Path) -> Api {
-        let config = Config::resolve(&ServeArgs {
-            storage: StorageArgs {
-                data_dir: Some(dir.to_owned()),
-                ..StorageArgs::default()
-            },
-            ..ServeArgs::default()
-        })
-        .unwrap();
-        let state = app::build(&config).await.unwrap();
-        let grant = Grant {
-            subject: "test".into(),
-            client_id: "test".into(),
-            scopes: Scopes::parse("system/*.cruds"),
-            patient: None,
-            fhir_user: None,
-            family: None,
-        };
-        let (token, _) = state
-            .auth
-            .tokens
-            .issue_access("http://localhost/fhir", &grant)
-            .await
-            .unwrap();
-        Api {
-            router: intellihealth::http::router(state),
-            bearer: format!("Bearer {token}"),
-        }
+        let (router, bearer) = oneshot::router(dir).await;
+        Api { router, bearer }
     }
 
     async fn send(
@@ -107,6 +80,13 @@ impl Api {
         let read = self.send("GET", path, &[], None).await;
         assert_eq!(read.status, StatusCode::OK, "{}", read.body);
         read.body
+    }
+
+    /// `POST /fhir` of a Bundle of `kind` (transaction, batch) with these entries.
+    async fn post_bundle(&self, kind: &str, entries: Vec<Value>) -> Reply {
+        let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+        self.send("POST", "/fhir", &[], Some(bundle.to_string()))
+            .await
     }
 
     async fn fhirpath_patch(
@@ -417,22 +397,14 @@ async fn patches_in_a_transaction_and_a_batch() {
     let fhirpath = parameters(
         json!([["add", "Practitioner", {"name": {"valueString": "gender"}, "value": {"valueCode": "other"}}]]),
     );
-    let bundle = |kind: &str, entries: Vec<Value>| {
-        json!({"resourceType": "Bundle", "type": kind, "entry": entries}).to_string()
-    };
     let patch_entry = |url: String, resource: &Value| json!({"resource": resource, "request": {"method": "PATCH", "url": url}});
     let done = api
-        .send(
-            "POST",
-            "/fhir",
-            &[],
-            Some(bundle(
-                "transaction",
-                vec![
-                    patch_entry(format!("Practitioner/{first}"), &binary),
-                    patch_entry("Practitioner?identifier=urn:s|tx-2".into(), &fhirpath),
-                ],
-            )),
+        .post_bundle(
+            "transaction",
+            vec![
+                patch_entry(format!("Practitioner/{first}"), &binary),
+                patch_entry("Practitioner?identifier=urn:s|tx-2".into(), &fhirpath),
+            ],
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
@@ -451,17 +423,12 @@ async fn patches_in_a_transaction_and_a_batch() {
         json!([["replace", "Practitioner.birthDate", {"value": {"valueDate": "2000-01-01"}}]]),
     );
     let refused = api
-        .send(
-            "POST",
-            "/fhir",
-            &[],
-            Some(bundle(
-                "transaction",
-                vec![
-                    patch_entry(format!("Practitioner/{first}"), &fhirpath),
-                    patch_entry(format!("Practitioner/{second}"), &failing),
-                ],
-            )),
+        .post_bundle(
+            "transaction",
+            vec![
+                patch_entry(format!("Practitioner/{first}"), &fhirpath),
+                patch_entry(format!("Practitioner/{second}"), &failing),
+            ],
         )
         .await;
     assert_eq!(
@@ -479,9 +446,7 @@ async fn patches_in_a_transaction_and_a_batch() {
     existing["id"] = json!(first);
     let put = json!({"resource": existing,
         "request": {"method": "PUT", "url": format!("Practitioner/{first}"), "ifNoneMatch": "*"}});
-    let exists = api
-        .send("POST", "/fhir", &[], Some(bundle("transaction", vec![put])))
-        .await;
+    let exists = api.post_bundle("transaction", vec![put]).await;
     assert_eq!(
         exists.status,
         StatusCode::PRECONDITION_FAILED,
@@ -491,17 +456,12 @@ async fn patches_in_a_transaction_and_a_batch() {
 
     // In a batch each entry is its own request: the Binary's JSON Patch is sent as one.
     let batch = api
-        .send(
-            "POST",
-            "/fhir",
-            &[],
-            Some(bundle(
-                "batch",
-                vec![
-                    patch_entry(format!("Practitioner/{second}"), &binary),
-                    patch_entry(format!("Practitioner/{second}"), &failing),
-                ],
-            )),
+        .post_bundle(
+            "batch",
+            vec![
+                patch_entry(format!("Practitioner/{second}"), &binary),
+                patch_entry(format!("Practitioner/{second}"), &failing),
+            ],
         )
         .await;
     assert_eq!(batch.status, StatusCode::OK, "{}", batch.body);

@@ -118,15 +118,10 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
     let before: Value = reqwest::get(&jwks_url).await.unwrap().json().await.unwrap();
     let credentials = server.credentials().clone();
     assert!(server.terminate().success());
-    let output = common::command(&[])
-        .args(["keys", "rotate", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    common::succeeded(
+        common::command(&[])
+            .args(["keys", "rotate", "--data-dir"])
+            .arg(dir.path()),
     );
 
     let server = common::Spawned::new_with(dir.path(), &fixed, credentials);

@@ -170,25 +170,20 @@ fn register_named_client(started: &Started) {
         "INTELLIHEALTH_CLIENT_SECRET".into(),
         format!("lab-{:016x}", rand::random::<u64>()),
     ));
-    let output = common::command(&env)
-        .args([
-            "clients",
-            "add",
-            "--id",
-            "city-lab",
-            "--name",
-            "City Lab",
-            "--scope",
-            "system/*.rs",
-        ])
-        .arg("--data-dir")
-        .arg(&started.server.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    common::succeeded(
+        common::command(&env)
+            .args([
+                "clients",
+                "add",
+                "--id",
+                "city-lab",
+                "--name",
+                "City Lab",
+                "--scope",
+                "system/*.rs",
+            ])
+            .arg("--data-dir")
+            .arg(&started.server.data_dir),
     );
 }
 
@@ -611,22 +606,9 @@ fn read_demo(demo: &Demo) -> (String, Vec<(String, String)>) {
 }
 
 async fn custodian_token(root: &str, credentials: &common::Credentials) -> Api {
-    let reply: Value = reqwest::Client::new()
-        .post(format!("{root}/auth/token"))
-        .basic_auth(&credentials.client_id, Some(&credentials.secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "system/*.cruds"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     Api {
         base: format!("{root}/fhir"),
-        token: reply["access_token"].as_str().unwrap().to_owned(),
+        token: common::backend_token(root, credentials).await,
         extra: Vec::new(),
     }
 }

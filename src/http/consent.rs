@@ -43,14 +43,27 @@ pub(super) fn answer(negotiated: Negotiated, body: &Json) -> Response {
     response
 }
 
-fn only_patient(resource_type: &str, operation: &str) -> Result<(), ApiError> {
-    if resource_type != "Patient" {
+/// The operation is one on `on` (`Patient` for `Patient/{id}/$…`, `Consent` for
+/// `Consent/$…`): another R4 type is 400 not-supported, a name that is no type at all is
+/// refused as such by the parse.
+fn only_on(on: &str, resource_type: &str, operation: &str) -> Result<(), ApiError> {
+    if resource_type != on {
         ResourceType::parse(resource_type)?;
         return Err(ApiError::NotSupported(format!(
-            "{operation} is an operation on Patient, not {resource_type}"
+            "{operation} is an operation on {on}, not {resource_type}"
         )));
     }
     Ok(())
+}
+
+/// The operation is one on Patient (`Patient/{id}/$…`).
+fn only_patient(resource_type: &str, operation: &str) -> Result<(), ApiError> {
+    only_on("Patient", resource_type, operation)
+}
+
+/// The operation is one on Consent (`Consent/$…`).
+fn only_consent(resource_type: &str, operation: &str) -> Result<(), ApiError> {
+    only_on("Consent", resource_type, operation)
 }
 
 #[derive(Deserialize)]
@@ -153,12 +166,7 @@ pub async fn prepare(
     negotiated: Negotiated,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
-    if resource_type != "Consent" {
-        ResourceType::parse(&resource_type)?;
-        return Err(ApiError::NotSupported(format!(
-            "$prepare is an operation on Consent, not {resource_type}"
-        )));
-    }
+    only_consent(&resource_type, "$prepare")?;
     let prepared = state.repo.prepare_consent(&principal, &body).await?;
     Ok(answer(
         negotiated,
@@ -218,17 +226,6 @@ pub async fn purge(
     values.push(("versions", purged.erased.versions.to_string()));
     values.push(("blobs", purged.erased.cids.len().to_string()));
     Ok(answer(negotiated, &parameters(values)))
-}
-
-/// The operation is one on Consent (`Consent/$…`).
-fn only_consent(resource_type: &str, operation: &str) -> Result<(), ApiError> {
-    if resource_type != "Consent" {
-        ResourceType::parse(resource_type)?;
-        return Err(ApiError::NotSupported(format!(
-            "{operation} is an operation on Consent, not {resource_type}"
-        )));
-    }
-    Ok(())
 }
 
 /// The values of every `Parameters.parameter` named `name`, by their `value[x]` key.
@@ -373,18 +370,12 @@ pub async fn answer_request(
         .repo
         .answer_request(&principal, &id, answer_given)
         .await?;
-    let record = version.record.clone();
-    let mut response = (
+    // Answered like a read of the request's new version (ETag, Last-Modified).
+    Ok(super::crud::resource_response(
         StatusCode::OK,
-        negotiated.render_stored(version.content.unwrap_or_default()),
-    )
-        .into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(negotiated.content_type),
-    );
-    super::crud::version_headers(response.headers_mut(), &record);
-    Ok(response)
+        version,
+        negotiated,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -20,7 +20,7 @@ use crate::fhir::Issue;
 use crate::fhir::patch::PatchDocument;
 use crate::fhir::resource::ResourceType;
 use crate::index::VersionRecord;
-use crate::repository::conditional::{CreateOutcome, Criteria};
+use crate::repository::conditional::Criteria;
 use crate::repository::{Precondition, RepoError, ResourceVersion, Written};
 
 #[utoipa::path(post, path = "/fhir/{type}", tag = "instance",
@@ -69,15 +69,7 @@ pub async fn create(
                 &answer.base.0,
             )
             .await?;
-        let written = match outcome {
-            CreateOutcome::Created(written) => written,
-            CreateOutcome::Exists(version) => Written {
-                version,
-                created: false,
-                warnings: Vec::new(),
-            },
-        };
-        return Ok(written_response(written, answer));
+        return Ok(written_response(outcome.into_written(), answer));
     }
     let written = if resource_type == ResourceType::CONSENT {
         // A signed Consent is a grant to relay; any other is an ordinary resource.
@@ -145,9 +137,12 @@ pub async fn update_conditional(
     answer: WriteAnswer,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
-    refuse_unimplemented(&headers, Interaction::Update)?;
-    let resource_type = ResourceType::parse(&resource_type)?;
-    refuse_conditional_consent(resource_type, "conditional update")?;
+    let resource_type = non_consent_type(
+        &headers,
+        Interaction::Update,
+        &resource_type,
+        "conditional update",
+    )?;
     let criteria = Criteria::parse(query.as_deref().unwrap_or_default(), "update")?;
     let written = state
         .repo
@@ -177,9 +172,12 @@ pub async fn delete_conditional(
     headers: HeaderMap,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
-    refuse_unimplemented(&headers, Interaction::Delete)?;
-    let resource_type = ResourceType::parse(&resource_type)?;
-    refuse_conditional_consent(resource_type, "conditional delete")?;
+    let resource_type = non_consent_type(
+        &headers,
+        Interaction::Delete,
+        &resource_type,
+        "conditional delete",
+    )?;
     if headers.contains_key(header::IF_MATCH) {
         return Err(ApiError::NotSupported(
             "If-Match on a conditional delete is not supported (it may delete several \
@@ -221,9 +219,7 @@ pub async fn patch(
     answer: WriteAnswer,
     body: PatchBody,
 ) -> Result<Response, ApiError> {
-    refuse_unimplemented(&headers, Interaction::Update)?;
-    let resource_type = ResourceType::parse(&resource_type)?;
-    refuse_conditional_consent(resource_type, "patch")?;
+    let resource_type = non_consent_type(&headers, Interaction::Update, &resource_type, "patch")?;
     let patch = PatchDocument::parse(body.format, &body.bytes).map_err(RepoError::from)?;
     let written = state
         .repo
@@ -258,9 +254,7 @@ pub async fn patch_conditional(
     answer: WriteAnswer,
     body: PatchBody,
 ) -> Result<Response, ApiError> {
-    refuse_unimplemented(&headers, Interaction::Update)?;
-    let resource_type = ResourceType::parse(&resource_type)?;
-    refuse_conditional_consent(resource_type, "patch")?;
+    let resource_type = non_consent_type(&headers, Interaction::Update, &resource_type, "patch")?;
     let criteria = Criteria::parse(query.as_deref().unwrap_or_default(), "patch")?;
     let patch = PatchDocument::parse(body.format, &body.bytes).map_err(RepoError::from)?;
     let written = state
@@ -278,15 +272,24 @@ pub async fn patch_conditional(
     Ok(written_response(written, answer))
 }
 
-/// A Consent that mirrors a grant changes only by the patient's signature.
-fn refuse_conditional_consent(resource_type: ResourceType, what: &str) -> Result<(), ApiError> {
+/// The type a conditional write or a patch (`what`) acts on, refusing in this order: a
+/// conditional header `interaction` does not implement, a name that is no R4 type, and
+/// Consent, since a Consent that mirrors a grant changes only by the patient's signature.
+fn non_consent_type(
+    headers: &HeaderMap,
+    interaction: Interaction,
+    resource_type: &str,
+    what: &str,
+) -> Result<ResourceType, ApiError> {
+    refuse_unimplemented(headers, interaction)?;
+    let resource_type = ResourceType::parse(resource_type)?;
     if resource_type == ResourceType::CONSENT {
         return Err(ApiError::NotSupported(format!(
             "a {what} of Consents is not supported (a grant changes only by the patient's \
              signature); nothing was done"
         )));
     }
-    Ok(())
+    Ok(resource_type)
 }
 
 /// `If-None-Exist: criteria` (with or without a leading `Type?` or `?`, as clients send it).
@@ -468,7 +471,9 @@ pub fn version_headers(headers: &mut HeaderMap, record: &VersionRecord) {
     }
 }
 
-fn resource_response(
+/// A stored version as the body (in the negotiated format) with its `ETag` and
+/// `Last-Modified`.
+pub(super) fn resource_response(
     status: StatusCode,
     version: ResourceVersion,
     negotiated: Negotiated,

@@ -43,30 +43,28 @@ pub enum PortalError {
     Demo(String),
 }
 
-// The front-end's build output, committed: rebuilding the server after `scripts/build-portal`
-// embeds the new files (rustc tracks them).
 /// One embedded file.
 pub struct Asset {
     pub bytes: &'static [u8],
     pub content_type: &'static str,
 }
 
-const INDEX: Asset = Asset {
-    bytes: include_bytes!("../../portal/dist/index.html"),
-    content_type: "text/html; charset=utf-8",
-};
-const SCRIPT: Asset = Asset {
-    bytes: include_bytes!("../../portal/dist/app.js"),
-    content_type: "text/javascript; charset=utf-8",
-};
-const STYLE: Asset = Asset {
-    bytes: include_bytes!("../../portal/dist/app.css"),
-    content_type: "text/css; charset=utf-8",
-};
-const FAVICON: Asset = Asset {
-    bytes: include_bytes!("../../portal/dist/favicon.ico"),
-    content_type: "image/x-icon",
-};
+/// The file `$name` of the front-end's build output, committed in `portal/dist/` (named once
+/// here): rebuilding the server after `scripts/build-portal` embeds the new files (rustc
+/// tracks them).
+macro_rules! built {
+    ($name:literal, $content_type:literal) => {
+        Asset {
+            bytes: include_bytes!(concat!("../../portal/dist/", $name)),
+            content_type: $content_type,
+        }
+    };
+}
+
+const INDEX: Asset = built!("index.html", "text/html; charset=utf-8");
+const SCRIPT: Asset = built!("app.js", "text/javascript; charset=utf-8");
+const STYLE: Asset = built!("app.css", "text/css; charset=utf-8");
+const FAVICON: Asset = built!("favicon.ico", "image/x-icon");
 
 /// The page itself (`/portal/`).
 pub fn index() -> &'static Asset {

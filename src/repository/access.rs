@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::conditional::{CreateOutcome, Criteria};
+use super::conditional::Criteria;
 use super::search::{PageRequest, SearchScope};
 use super::{Precondition, RepoError, Repository, ResourceVersion, Written};
 use crate::auth::{Permission, Principal};
@@ -49,14 +49,7 @@ impl Repository {
                 local_base,
             )
             .await?;
-        let written = match outcome {
-            CreateOutcome::Created(written) => written,
-            CreateOutcome::Exists(version) => Written {
-                version,
-                created: false,
-                warnings: Vec::new(),
-            },
-        };
+        let written = outcome.into_written();
         note(
             principal,
             &written.version,

@@ -50,6 +50,21 @@ pub enum CreateOutcome {
     Exists(ResourceVersion),
 }
 
+impl CreateOutcome {
+    /// The outcome as the write it answers: the match found stands as a version not created
+    /// now (200, no warnings), as FHIR answers a conditional create that matched.
+    pub fn into_written(self) -> Written {
+        match self {
+            CreateOutcome::Created(written) => written,
+            CreateOutcome::Exists(version) => Written {
+                version,
+                created: false,
+                warnings: Vec::new(),
+            },
+        }
+    }
+}
+
 /// What a search's criteria for a conditional interaction found.
 pub struct Criteria {
     pairs: Vec<(String, String)>,
@@ -147,8 +162,7 @@ impl Repository {
         handling: Handling,
         local_base: &str,
     ) -> Result<CreateOutcome, RepoError> {
-        super::write::refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Create, Some(resource_type))
+        self.require_client_write(principal, Permission::Create, resource_type)
             .await?;
         let (resource, warnings) = prepare(body, resource_type, None, handling).await?;
         let claimed = self
@@ -178,8 +192,7 @@ impl Repository {
         handling: Handling,
         local_base: &str,
     ) -> Result<Written, RepoError> {
-        super::write::refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Update, Some(resource_type))
+        self.require_client_write(principal, Permission::Update, resource_type)
             .await?;
         let body_id = body_id(&body);
         match self
@@ -261,8 +274,7 @@ impl Repository {
         handling: Handling,
         local_base: &str,
     ) -> Result<Written, RepoError> {
-        super::write::refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Update, Some(resource_type))
+        self.require_client_write(principal, Permission::Update, resource_type)
             .await?;
         let existing = self
             .one_match(principal, resource_type, criteria, local_base)
@@ -294,8 +306,7 @@ impl Repository {
         limit: usize,
         local_base: &str,
     ) -> Result<Vec<VersionRecord>, RepoError> {
-        super::write::refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Delete, Some(resource_type))
+        self.require_client_write(principal, Permission::Delete, resource_type)
             .await?;
         let found = self
             .conditional_matches(principal, resource_type, criteria, local_base, limit)

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::conditional::Criteria;
-use super::write::{Staged, Write, deletion_of, refuse_server_written};
+use super::write::{Staged, Write, deletion_of};
 use super::{Precondition, RepoError, Repository, ResourceVersion, prepare};
 use crate::auth::{Permission, Principal};
 use crate::fhir::json::Json;
@@ -290,8 +290,7 @@ impl Repository {
                 body,
                 if_none_exist,
             } => {
-                refuse_server_written(resource_type)?;
-                self.require_interaction(principal, Permission::Create, Some(resource_type))
+                self.require_client_write(principal, Permission::Create, resource_type)
                     .await?;
                 let (resource, _) = prepare(body, resource_type, None, handling).await?;
                 if let Some(criteria) = if_none_exist {
@@ -317,8 +316,7 @@ impl Repository {
                 body,
                 precondition,
             } => {
-                refuse_server_written(resource_type)?;
-                self.require_interaction(principal, Permission::Update, Some(resource_type))
+                self.require_client_write(principal, Permission::Update, resource_type)
                     .await?;
                 let (id, by_criteria) = match target {
                     Target::Id(id) => {
@@ -363,8 +361,7 @@ impl Repository {
                 patch,
                 precondition,
             } => {
-                refuse_server_written(resource_type)?;
-                self.require_interaction(principal, Permission::Update, Some(resource_type))
+                self.require_client_write(principal, Permission::Update, resource_type)
                     .await?;
                 let id = match target {
                     Target::Id(id) => {
@@ -413,8 +410,7 @@ impl Repository {
                 target,
                 precondition,
             } => {
-                refuse_server_written(resource_type)?;
-                self.require_interaction(principal, Permission::Delete, Some(resource_type))
+                self.require_client_write(principal, Permission::Delete, resource_type)
                     .await?;
                 let ids = match target {
                     Target::Id(id) => {

@@ -30,8 +30,7 @@ impl Repository {
         body: Vec<u8>,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Create, Some(resource_type))
+        self.require_client_write(principal, Permission::Create, resource_type)
             .await?;
         let (resource, warnings) = prepare(body, resource_type, None, handling).await?;
         self.create_prepared(principal, resource_type, resource, warnings)
@@ -82,8 +81,7 @@ impl Repository {
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Update, Some(resource_type))
+        self.require_client_write(principal, Permission::Update, resource_type)
             .await?;
         resource::check_id(id)?;
         let (resource, warnings) =
@@ -281,8 +279,7 @@ impl Repository {
         id: &str,
         precondition: Precondition,
     ) -> Result<Option<VersionRecord>, RepoError> {
-        refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Delete, Some(resource_type))
+        self.require_client_write(principal, Permission::Delete, resource_type)
             .await?;
         resource::check_id(id)?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
@@ -345,10 +342,24 @@ impl Repository {
             self.parameter_written(id, content).await;
         }
     }
+
+    /// What every client write of `resource_type` checks before anything else, in this
+    /// order: the type is not one only the server writes, and the scopes allow `permission`
+    /// on it at all (the 403 otherwise).
+    pub(super) async fn require_client_write(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        resource_type: ResourceType,
+    ) -> Result<(), RepoError> {
+        refuse_server_written(resource_type)?;
+        self.require_interaction(principal, permission, Some(resource_type))
+            .await
+    }
 }
 
 /// AuditEvents are the server's record of what happened: no client writes one.
-pub(super) fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
+fn refuse_server_written(resource_type: ResourceType) -> Result<(), RepoError> {
     if resource_type == ResourceType::AUDIT_EVENT {
         return Err(RepoError::ServerWritten(ResourceType::AUDIT_EVENT.as_str()));
     }
@@ -389,8 +400,7 @@ impl Repository {
         precondition: Precondition,
         handling: Handling,
     ) -> Result<Written, RepoError> {
-        refuse_server_written(resource_type)?;
-        self.require_interaction(principal, Permission::Update, Some(resource_type))
+        self.require_client_write(principal, Permission::Update, resource_type)
             .await?;
         resource::check_id(id)?;
         for _ in 0..MAX_WRITE_ATTEMPTS {

@@ -223,25 +223,20 @@ pub async fn start(dir: &Path, profile: &Profile, ledger_env: &[(String, String)
     let outsider_secret = format!("outsider-{:016x}", rand::random::<u64>());
     let secret_file = dir.join("outsider.secret");
     std::fs::write(&secret_file, &outsider_secret).unwrap();
-    let added = super::command(&profile.env())
-        .args([
-            "clients",
-            "add",
-            "--id",
-            "outsider",
-            "--scope",
-            "system/*.rs",
-        ])
-        .arg("--secret-file")
-        .arg(&secret_file)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
+    super::succeeded(
+        super::command(&profile.env())
+            .args([
+                "clients",
+                "add",
+                "--id",
+                "outsider",
+                "--scope",
+                "system/*.rs",
+            ])
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .arg("--data-dir")
+            .arg(dir),
     );
     let issuer = std::sync::Arc::new(TestIssuer::start().await);
     let (listen, base_url) = fixed_address();

@@ -10,7 +10,7 @@ pub mod wallet;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -89,28 +89,63 @@ pub fn provision(data_dir: &Path, profile: &Profile) -> Credentials {
     let secret_file = data_dir.join("test-system.secret");
     std::fs::create_dir_all(data_dir).unwrap();
     std::fs::write(&secret_file, &credentials.secret).unwrap();
-    let output = command(&profile.env())
-        .args([
-            "clients",
-            "add",
-            "--id",
-            &credentials.client_id,
-            "--scope",
-            "system/*.cruds",
-            "--custodian",
-            "--secret-file",
-        ])
-        .arg(&secret_file)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("intellihealth clients add runs");
-    assert!(
-        output.status.success(),
-        "clients add: {}",
-        String::from_utf8_lossy(&output.stderr)
+    succeeded(
+        command(&profile.env())
+            .args([
+                "clients",
+                "add",
+                "--id",
+                &credentials.client_id,
+                "--scope",
+                "system/*.cruds",
+                "--custodian",
+                "--secret-file",
+            ])
+            .arg(&secret_file)
+            .arg("--data-dir")
+            .arg(data_dir),
     );
     credentials
+}
+
+/// Runs `command` to its end and asserts that it succeeded; its output, for what it printed.
+/// The panic names the program and its arguments, never its environment (which may carry a
+/// secret), and quotes its stderr.
+pub fn succeeded(command: &mut Command) -> Output {
+    let shown = format!(
+        "{} {:?}",
+        command.get_program().to_string_lossy(),
+        command.get_args().collect::<Vec<_>>()
+    );
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{shown} does not run: {e}"));
+    assert!(
+        output.status.success(),
+        "{shown}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// An access token (client_credentials, `system/*.cruds`) of the backend client
+/// `credentials` from the server at `root` (its origin, without `/fhir`).
+pub async fn backend_token(root: &str, credentials: &Credentials) -> String {
+    let reply = reqwest::Client::new()
+        .post(format!("{root}/auth/token"))
+        .basic_auth(&credentials.client_id, Some(&credentials.secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.cruds"),
+        ])
+        .send()
+        .await
+        .expect("the token endpoint answers");
+    let body: serde_json::Value = reply.json().await.expect("a token response");
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {body}"))
+        .to_owned()
 }
 
 /// A server process that may not be listening yet.
@@ -257,23 +292,7 @@ impl Spawned {
 impl Server {
     /// An access token of the provisioned backend client (client_credentials).
     pub async fn token(&self) -> String {
-        let credentials = self.credentials.as_ref().expect("a provisioned client");
-        let token_url = format!("{}/auth/token", self.base_url.trim_end_matches("/fhir"));
-        let reply = reqwest::Client::new()
-            .post(token_url)
-            .basic_auth(&credentials.client_id, Some(&credentials.secret))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("scope", "system/*.cruds"),
-            ])
-            .send()
-            .await
-            .expect("the token endpoint answers");
-        let body: serde_json::Value = reply.json().await.expect("a token response");
-        body["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access token: {body}"))
-            .to_owned()
+        backend_token(self.base_url.trim_end_matches("/fhir"), self.credentials()).await
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -437,16 +456,11 @@ pub fn smart_fixtures(
     use conformance_tests::keys::AsymmetricClient;
     use conformance_tests::suites::smart::{SmartFixtures, UserLogin};
     let cli = |args: &[&str]| {
-        let output = command(&profile.env())
-            .args(args)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .output()
-            .expect("the CLI runs");
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        succeeded(
+            command(&profile.env())
+                .args(args)
+                .arg("--data-dir")
+                .arg(data_dir),
         );
     };
     let secret_file = |name: &str, secret: &str| {

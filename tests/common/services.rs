@@ -57,16 +57,11 @@ impl OwnIpfs {
     pub fn start() -> OwnIpfs {
         let dir = tempfile::tempdir().unwrap();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
-        let output = std::process::Command::new(script)
-            .arg("up")
-            .arg(dir.path())
-            .arg("ipfs")
-            .output()
-            .expect("scripts/services runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = super::succeeded(
+            std::process::Command::new(script)
+                .arg("up")
+                .arg(dir.path())
+                .arg("ipfs"),
         );
         let stdout = String::from_utf8_lossy(&output.stdout);
         let api = stdout

@@ -15,7 +15,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::{SuiteContext, patient, random_id};
-use crate::client::Client;
+use crate::client::{Client, Reply};
 use crate::report::Report;
 
 const SUITE: &str = "transactions";
@@ -169,21 +169,53 @@ async fn conditional(c: &Client, report: &mut Report) {
     );
 }
 
-async fn patch(c: &Client, report: &mut Report) {
-    let created = c.post_json("Patient", &patient("Patched")).send().await;
-    let Some(id) = created
+/// Creates a Patient of this family to patch and answers its path (`Patient/{id}`); when it
+/// cannot be made, the set-up failure is the check (named by `setup`) and there is no path.
+async fn patient_to_patch(
+    c: &Client,
+    report: &mut Report,
+    family: &str,
+    setup: &str,
+) -> Option<String> {
+    let created = c.post_json("Patient", &patient(family)).send().await;
+    let id = created
         .json()
-        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .and_then(|v| v["id"].as_str().map(str::to_owned));
+    if id.is_none() {
+        report.check(SUITE, setup, false, created.summary());
+    }
+    id.map(|id| format!("Patient/{id}"))
+}
+
+/// The check that a failing patch and an invalidating one were both refused (422, an
+/// OperationOutcome) and that the resource (`now`) is still at `version` with gender "other",
+/// as both patch suites leave it before trying them.
+fn check_refused_patches(
+    report: &mut Report,
+    name: &str,
+    (failed, invalid): (&Reply, &Reply),
+    now: &Value,
+    version: &str,
+) {
+    report.check(
+        SUITE,
+        name,
+        failed.status == 422
+            && invalid.status == 422
+            && failed.is_outcome()
+            && invalid.is_outcome()
+            && now["meta"]["versionId"] == version
+            && now["gender"] == "other",
+        format!("{}; {}", failed.summary(), invalid.summary()),
+    );
+}
+
+async fn patch(c: &Client, report: &mut Report) {
+    let Some(path) =
+        patient_to_patch(c, report, "Patched", "set-up: create a patient to patch").await
     else {
-        report.check(
-            SUITE,
-            "set-up: create a patient to patch",
-            false,
-            created.summary(),
-        );
         return;
     };
-    let path = format!("Patient/{id}");
     let json_patch = |ops: Value| {
         c.request(reqwest::Method::PATCH, &path)
             .header("Content-Type", "application/json-patch+json")
@@ -218,16 +250,12 @@ async fn patch(c: &Client, report: &mut Report) {
     .send()
     .await;
     let now = c.get(&path).send().await.json().unwrap_or_default();
-    report.check(
-        SUITE,
+    check_refused_patches(
+        report,
         "a failing patch, and one making an invalid resource, are 422 and change nothing",
-        failed.status == 422
-            && invalid.status == 422
-            && failed.is_outcome()
-            && invalid.is_outcome()
-            && now["meta"]["versionId"] == "2"
-            && now["gender"] == "other",
-        format!("{}; {}", failed.summary(), invalid.summary()),
+        (&failed, &invalid),
+        &now,
+        "2",
     );
     let stale = json_patch(json!([{"op": "remove", "path": "/active"}]))
         .header("If-Match", "W/\"1\"")
@@ -265,23 +293,16 @@ fn fhirpath_operations(operations: &[Operation<'_>]) -> Value {
 }
 
 async fn fhirpath_patch(c: &Client, report: &mut Report) {
-    let created = c
-        .post_json("Patient", &patient("FhirPathPatched"))
-        .send()
-        .await;
-    let Some(id) = created
-        .json()
-        .and_then(|v| v["id"].as_str().map(str::to_owned))
+    let Some(path) = patient_to_patch(
+        c,
+        report,
+        "FhirPathPatched",
+        "set-up: create a patient to patch with FHIRPath",
+    )
+    .await
     else {
-        report.check(
-            SUITE,
-            "set-up: create a patient to patch with FHIRPath",
-            false,
-            created.summary(),
-        );
         return;
     };
-    let path = format!("Patient/{id}");
     let send = |operations: &[Operation<'_>]| {
         c.request(reqwest::Method::PATCH, &path)
             .header("Content-Type", "application/fhir+json")
@@ -377,16 +398,12 @@ async fn fhirpath_patch(c: &Client, report: &mut Report) {
     .send()
     .await;
     let now = c.get(&path).send().await.json().unwrap_or_default();
-    report.check(
-        SUITE,
+    check_refused_patches(
+        report,
         "a failing FHIRPath Patch, and one making an invalid resource, are 422 and change nothing",
-        failed.status == 422
-            && invalid.status == 422
-            && failed.is_outcome()
-            && invalid.is_outcome()
-            && now["meta"]["versionId"] == "5"
-            && now["gender"] == "other",
-        format!("{}; {}", failed.summary(), invalid.summary()),
+        (&failed, &invalid),
+        &now,
+        "5",
     );
     let activate = [(
         "replace",
