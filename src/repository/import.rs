@@ -34,6 +34,11 @@ const LOOKUPS_IN_FLIGHT: usize = 16;
 /// How many times a chunk that keeps losing races to other writers is written again.
 const MAX_CHUNK_ATTEMPTS: usize = 3;
 
+/// How many times a round is tried while a store is unavailable, and the first pause between
+/// tries (doubled each time: 0.5 + 1 + 2 + 4 + 8 s in all).
+const UNAVAILABLE_ATTEMPTS: usize = 6;
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One resource read from a file, and where it was read (`file:line`, `file: entry 3`).
 #[derive(Debug)]
 pub struct ImportItem {
@@ -53,6 +58,7 @@ pub enum ImportOutcome {
 }
 
 /// A resource ready to write: its type and stable id, set in its body.
+#[derive(Clone)]
 struct Identified {
     position: usize,
     resource_type: ResourceType,
@@ -91,7 +97,10 @@ impl Repository {
                 .into_iter()
                 .partition(|one| seen.insert((one.resource_type, one.id.clone())));
             pending = later;
-            for (position, outcome) in self.import_round(principal, round, local_base).await? {
+            for (position, outcome) in self
+                .import_round_again(principal, round, local_base)
+                .await?
+            {
                 outcomes[position] = Some(outcome);
             }
         }
@@ -99,6 +108,32 @@ impl Repository {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| ImportOutcome::Failed("not imported".into())))
             .collect())
+    }
+
+    /// `import_round`, run again (after a pause that doubles) while a store is unavailable:
+    /// a bulk load keeps a slow store busy far past one request's time bound, and a round is
+    /// safe to repeat — what a timed-out commit did write is found unchanged the next time.
+    async fn import_round_again(
+        &self,
+        principal: &Principal,
+        round: Vec<Identified>,
+        local_base: &str,
+    ) -> Result<Vec<(usize, ImportOutcome)>, RepoError> {
+        let mut pause = FIRST_PAUSE;
+        for _ in 1..UNAVAILABLE_ATTEMPTS {
+            match self
+                .import_round(principal, round.clone(), local_base)
+                .await
+            {
+                Err(RepoError::Unavailable { component, detail }) => {
+                    tracing::warn!(component, %detail, "import round written again after a pause");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.import_round(principal, round, local_base).await
     }
 
     /// Writes resources of distinct ids that differ from their current versions, in one
