@@ -8,10 +8,10 @@
 //! that quietly widened its filter would disclose more than its client asked for.
 
 use axum::extract::{OriginalUri, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::negotiate::{BaseUrl, query_pairs};
+use super::negotiate::{BaseUrl, Prefer, query_pairs};
 use super::openapi::FhirErrors;
 use super::outcome::{ApiError, outcome_response};
 use super::{FhirPath, HttpState};
@@ -37,10 +37,10 @@ pub async fn system(
     principal: Principal,
     uri: OriginalUri,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    prefer: Prefer,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
-    kick_off(state, principal, Level::System, &uri, query, &headers, base).await
+    kick_off(state, principal, Level::System, &uri, query, prefer, base).await
 }
 
 #[utoipa::path(get, path = "/fhir/Patient/$export", tag = "bulk",
@@ -53,7 +53,7 @@ pub async fn patients(
     FhirPath(resource_type): FhirPath<String>,
     uri: OriginalUri,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    prefer: Prefer,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
     if ResourceType::parse(&resource_type)? != ResourceType::PATIENT {
@@ -62,16 +62,7 @@ pub async fn patients(
              {resource_type}; nothing was started"
         )));
     }
-    kick_off(
-        state,
-        principal,
-        Level::Patient,
-        &uri,
-        query,
-        &headers,
-        base,
-    )
-    .await
+    kick_off(state, principal, Level::Patient, &uri, query, prefer, base).await
 }
 
 #[utoipa::path(get, path = "/fhir/Group/{id}/$export", tag = "bulk",
@@ -85,7 +76,7 @@ pub async fn group(
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     uri: OriginalUri,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    prefer: Prefer,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
     if resource_type != "Group" {
@@ -96,7 +87,7 @@ pub async fn group(
         )));
     }
     let level = Level::Group(id);
-    kick_off(state, principal, level, &uri, query, &headers, base).await
+    kick_off(state, principal, level, &uri, query, prefer, base).await
 }
 
 async fn kick_off(
@@ -105,16 +96,10 @@ async fn kick_off(
     level: Level,
     uri: &OriginalUri,
     query: Option<String>,
-    headers: &HeaderMap,
+    prefer: Prefer,
     base: BaseUrl,
 ) -> Result<Response, ApiError> {
-    let respond_async = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
-    if !respond_async {
+    if !prefer.respond_async {
         return Err(ApiError::BadRequest(
             "a Bulk Data export runs asynchronously: send Prefer: respond-async; nothing was \
              started"

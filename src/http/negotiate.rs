@@ -165,6 +165,8 @@ pub struct Prefer {
     /// The handling the client asked for, if it asked: a search without one gets the
     /// server's default.
     pub handling_given: Option<Handling>,
+    /// `respond-async`: the client will poll for the answer (a Bulk Data kick-off needs it).
+    pub respond_async: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +194,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Prefer {
                         prefer.handling = Handling::Lenient;
                         prefer.handling_given = Some(Handling::Lenient);
                     }
+                    ("respond-async", _) => prefer.respond_async = true,
                     ("handling", "strict") => {
                         prefer.handling = Handling::Strict;
                         prefer.handling_given = Some(Handling::Strict);
