@@ -345,7 +345,7 @@ impl Config {
     /// Resolves flags/env (`args`), the optional file and the defaults into the config of a
     /// server that will listen and answer requests.
     pub fn resolve(args: &ServeArgs) -> Result<Config, String> {
-        let config = Config::resolve_settings(args)?;
+        let config = Config::resolve_settings(args, DEFAULT_BACKEND_TIMEOUT_MS)?;
         if !config.trusted_issuers.is_empty() && config.base_url.is_none() {
             return Err(
                 "with trusted issuers, set --base-url (INTELLIHEALTH_BASE_URL): the audience \
@@ -360,13 +360,25 @@ impl Config {
     /// and environment as `serve`, without what only a listening server must have (a fixed
     /// base URL), so `users add` works beside a `serve` that trusts external issuers.
     pub fn for_storage(storage: &StorageArgs) -> Result<Config, String> {
-        Config::resolve_settings(&ServeArgs {
-            storage: storage.clone(),
-            ..ServeArgs::default()
-        })
+        Config::for_storage_bounded(storage, DEFAULT_BACKEND_TIMEOUT_MS)
     }
 
-    fn resolve_settings(args: &ServeArgs) -> Result<Config, String> {
+    /// `for_storage` with another default for the backend bound (flags, env and the file
+    /// still win): a bulk command keeps a store busy far longer than one request would.
+    pub fn for_storage_bounded(
+        storage: &StorageArgs,
+        default_timeout_ms: u64,
+    ) -> Result<Config, String> {
+        Config::resolve_settings(
+            &ServeArgs {
+                storage: storage.clone(),
+                ..ServeArgs::default()
+            },
+            default_timeout_ms,
+        )
+    }
+
+    fn resolve_settings(args: &ServeArgs, default_timeout_ms: u64) -> Result<Config, String> {
         let file = match &args.storage.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -420,7 +432,7 @@ impl Config {
                 args.storage
                     .backend_timeout_ms
                     .or(file.backend_timeout_ms)
-                    .unwrap_or(DEFAULT_BACKEND_TIMEOUT_MS),
+                    .unwrap_or(default_timeout_ms),
             ),
             blob_cache_bytes: args
                 .storage
@@ -602,6 +614,16 @@ mod tests {
             config.backend_timeout,
             Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS)
         );
+    }
+
+    #[test]
+    fn a_bulk_command_has_its_own_default_bound_but_a_set_one_wins() {
+        let mut storage = StorageArgs::default();
+        let bulk = Config::for_storage_bounded(&storage, 120_000).unwrap();
+        assert_eq!(bulk.backend_timeout, Duration::from_secs(120));
+        storage.backend_timeout_ms = Some(700);
+        let bulk = Config::for_storage_bounded(&storage, 120_000).unwrap();
+        assert_eq!(bulk.backend_timeout, Duration::from_millis(700));
     }
 
     #[test]

@@ -27,6 +27,16 @@ use intellihealth::config::{Config, StorageArgs};
 use intellihealth::fhir::json;
 use intellihealth::repository::import::{ImportItem, ImportOutcome, bundle_entries, is_bundle};
 
+/// Chunks written at once by default, by index store.
+const EMBEDDED_CONCURRENCY: usize = 16;
+const MONGODB_CONCURRENCY: usize = 4;
+
+/// The default bound on one backend call during an import (flags, env and the config file
+/// still win). A chunk's commit is one transaction of hundreds of documents: on a busy
+/// MongoDB it takes far longer than a request's write, and an import has no client waiting
+/// on each call; it must still end if a store hangs.
+const IMPORT_BACKEND_TIMEOUT_MS: u64 = 120_000;
+
 /// Read buffer of an NDJSON file: large enough that reading is a few system calls per chunk.
 const READ_BUFFER_BYTES: usize = 1 << 20;
 
@@ -38,8 +48,10 @@ pub struct ImportArgs {
     paths: Vec<PathBuf>,
     /// How many chunks are written at once. Each chunk stages its resources one after the
     /// other, every blob put waiting for the blob store's sync; more chunks share each sync.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    /// Default: 16 on the embedded store, 4 on MongoDB (whose commits queue behind each
+    /// other there: more in flight adds no throughput, only longer commits).
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Resources per chunk: each chunk is one transaction, committed to the index at once.
     #[arg(long, default_value_t = 200)]
     chunk_size: usize,
@@ -85,13 +97,18 @@ impl Tally {
 }
 
 pub async fn run(args: ImportArgs) -> Result<(), String> {
-    if args.concurrency == 0 || args.chunk_size == 0 {
+    if args.concurrency == Some(0) || args.chunk_size == 0 {
         return Err("--concurrency and --chunk-size must be at least 1".into());
     }
     let started = std::time::Instant::now();
-    let config = Config::for_storage(&args.storage)?;
+    let config = Config::for_storage_bounded(&args.storage, IMPORT_BACKEND_TIMEOUT_MS)?;
     let sources = find_sources(&args.paths)?;
     let embedded = config.backends.mongodb_uri.is_none();
+    let concurrency = args.concurrency.unwrap_or(if embedded {
+        EMBEDDED_CONCURRENCY
+    } else {
+        MONGODB_CONCURRENCY
+    });
     if embedded {
         refuse_a_running_server(&config.data_dir).await?;
     }
@@ -112,7 +129,7 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("counting the resources failed: {e}"))?;
     let files = sources.len();
-    let (sender, receiver) = tokio::sync::mpsc::channel(args.concurrency * 2);
+    let (sender, receiver) = tokio::sync::mpsc::channel(concurrency * 2);
     let chunk_size = args.chunk_size;
     let reader = std::thread::Builder::new()
         .name("import-reader".into())
@@ -138,7 +155,7 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
                 (batch.failures, sources, outcomes)
             })
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(concurrency)
         .boxed();
     let mut tally = Tally::default();
     while let Some(joined) = written.next().await {
