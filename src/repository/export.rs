@@ -12,6 +12,7 @@ use futures::StreamExt;
 use super::read::Visible;
 use super::{RepoError, Repository, ResourceVersion};
 use crate::auth::{Permission, Principal};
+use crate::fhir::json::Json;
 use crate::fhir::resource::ResourceType;
 use crate::index::{HistoryCursor, HistoryQuery, HistoryScope, VersionRecord};
 
@@ -79,14 +80,15 @@ impl Repository {
             .read(principal, ResourceType::parse("Group")?, id)
             .await?;
         let content = group.content.unwrap_or_default();
-        let group: serde_json::Value = serde_json::from_slice(&content)
+        let group = crate::fhir::json::parse(&content)
             .map_err(|e| RepoError::Integrity(format!("Group/{id}: {e}")))?;
-        let mut patients: Vec<String> = group["member"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|member| member["inactive"] != serde_json::Value::Bool(true))
-            .filter_map(|member| member["entity"]["reference"].as_str())
+        let mut patients: Vec<String> = group
+            .get("member")
+            .and_then(Json::as_array)
+            .unwrap_or_default()
+            .iter()
+            .filter(|member| !matches!(member.get("inactive"), Some(Json::Bool(true))))
+            .filter_map(|member| member.get("entity")?.get("reference")?.as_str())
             .filter_map(|reference| reference.strip_prefix("Patient/"))
             .map(str::to_owned)
             .collect();
