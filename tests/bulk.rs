@@ -190,7 +190,9 @@ async fn bulk_export_holds_exactly_what_the_client_may_read(started: &Started, d
         .put(
             "Group/g1",
             &json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
-                "member": [{"entity": {"reference": "Patient/p1"}}]}),
+                "member": [{"entity": {"reference": "Patient/p1"}},
+                    // No longer a member: a Group-level export leaves p2's record out.
+                    {"entity": {"reference": "Patient/p2"}, "inactive": true}]}),
         )
         .await;
     assert_eq!(group.status, 201, "{}", group.body);
@@ -259,7 +261,7 @@ async fn bulk_export_holds_exactly_what_the_client_may_read(started: &Started, d
             ("Patient", &["p1", "p2"])
         ])
     );
-    // Group level: only the members' records.
+    // Group level: only the active members' records.
     let (members, _) = export(&ehr, "Group/g1/$export?_type=Patient,Observation,Condition").await;
     assert_eq!(
         members,
