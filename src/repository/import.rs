@@ -110,9 +110,10 @@ impl Repository {
             .collect())
     }
 
-    /// `import_round`, run again (after a pause that doubles) while a store is unavailable:
-    /// a bulk load keeps a slow store busy far past one request's time bound, and a round is
-    /// safe to repeat — what a timed-out commit did write is found unchanged the next time.
+    /// `import_round`, run again (after a pause that doubles) while a store is unavailable,
+    /// so a store that drops a connection or restarts mid-load does not end a long import; a
+    /// round is safe to repeat — what a timed-out commit did write is found unchanged the
+    /// next time.
     async fn import_round_again(
         &self,
         principal: &Principal,
